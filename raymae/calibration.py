@@ -1,0 +1,81 @@
+"""Choosing the anomaly-map rule and the decision threshold without labels.
+
+Both use only normal training images that were held back from training:
+* the map rule (combination x image-score rule) is chosen on those images
+  against synthetic corruptions of them (never on the test set);
+* the threshold is the (1 - target_fpr) quantile of their image scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from raymae import metrics
+from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map
+from raymae.artifact import Calibration
+from raymae.config import AnomalyMapConfig, RaymaeConfig
+from raymae.corruption import corrupt_batch
+from raymae.inference import Predictor
+
+VALIDATION_SEED_OFFSET = 7_919  # corruptions for validation differ from training's
+
+
+def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
+                     batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """AUROC of every map rule: held-back normals vs their corrupted copies."""
+    corruption = dataclasses.replace(cfg.corruption, clean_share=0.0)
+    fakes, _, fake_masks = corrupt_batch(normals, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
+                                         list(range(len(normals))))
+    raw_n = predictor.raw_maps(normals, batch_size)
+    raw_f = predictor.raw_maps(fakes, batch_size)
+    recon = torch.cat([raw_n.recon_error, raw_f.recon_error])
+    prob = torch.cat([raw_n.prob, raw_f.prob])
+    labels = np.r_[np.zeros(len(normals)), np.ones(len(fakes))]
+    masks = np.concatenate([np.zeros_like(fake_masks), fake_masks])
+    table = {}
+    for comb in COMBINATIONS:
+        for rule in SCORE_RULES:
+            rule_cfg = dataclasses.replace(cfg.anomaly_map, combination=comb, score_rule=rule)
+            maps, scores = make_anomaly_map(recon, prob, rule_cfg)
+            table[f"{comb}/{rule}"] = {
+                "image_auroc": metrics.image_auroc(labels, scores.numpy()),
+                "pixel_auroc": metrics.pixel_auroc(masks, maps.numpy()),
+            }
+    return table
+
+
+def best_rule(table: dict[str, dict[str, float]], current: AnomalyMapConfig) -> AnomalyMapConfig:
+    """The rule with the highest image + pixel AUROC; ties keep the configured rule."""
+    key_now = f"{current.combination}/{current.score_rule}"
+    best = max(table, key=lambda k: (table[k]["image_auroc"] + table[k]["pixel_auroc"], k == key_now))
+    comb, rule = best.split("/")
+    return dataclasses.replace(current, combination=comb, score_rule=rule)
+
+
+def normal_statistics(scores: np.ndarray) -> dict[str, float]:
+    q = np.quantile(scores, [0.5, 0.9, 0.95, 0.99])
+    return {"n": int(len(scores)), "mean": float(scores.mean()), "std": float(scores.std()),
+            "p50": float(q[0]), "p90": float(q[1]), "p95": float(q[2]), "p99": float(q[3]),
+            "max": float(scores.max())}
+
+
+def calibrate(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
+              batch_size: int = 32) -> tuple[RaymaeConfig, Calibration]:
+    """Pick the map rule (if configured) and the threshold on held-back normals (N, S, S, 3)."""
+    if len(normals) < 2:
+        raise ValueError("calibration needs at least 2 held-back normal images; "
+                         "raise calibration.holdout_fraction or add training images")
+    table = {}
+    if cfg.calibration.select_map_rule:
+        table = validation_table(predictor, normals, cfg, batch_size)
+        cfg = dataclasses.replace(cfg, anomaly_map=best_rule(table, cfg.anomaly_map))
+        predictor.cfg = cfg
+    pred = predictor.predict(normals, batch_size)
+    threshold = float(np.quantile(pred.scores, 1.0 - cfg.calibration.target_fpr, method="higher"))
+    return cfg, Calibration(threshold=threshold, target_fpr=cfg.calibration.target_fpr,
+                            normal_scores=normal_statistics(pred.scores),
+                            map_max=float(np.quantile(pred.maps, 0.999)) or 1.0,
+                            validation=table)

@@ -1,0 +1,209 @@
+"""The ``raymae`` command line: train, evaluate, synth, demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
+
+log = logging.getLogger("raymae")
+
+
+# ------------------------------------------------------------------ arguments
+def _count(minimum: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {n}")
+        return n
+    return parse
+
+
+_positive = _count(1)
+_non_negative = _count(0)
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (defaults come from raymae.config, or --config)")
+    g.add_argument("--config", help="JSON file with a full or partial RaymaeConfig")
+    g.add_argument("--model-size", choices=sorted(MODEL_SIZES))
+    g.add_argument("--image-size", type=_positive)
+    g.add_argument("--patch-size", type=_positive)
+    g.add_argument("--stage1-epochs", type=_non_negative)
+    g.add_argument("--stage2-epochs", type=_non_negative)
+    g.add_argument("--batch-size", type=_positive, help="per-worker batch size of both stages")
+    g.add_argument("--mask-ratio", type=float)
+    g.add_argument("--deep-supervision", action="store_true", default=None,
+                   help="a pixel-classification head after every decoder block")
+    g.add_argument("--seed", type=int)
+
+
+def recipe_from_args(args: argparse.Namespace) -> RaymaeConfig:
+    cfg = RaymaeConfig()
+    if args.config:
+        cfg = RaymaeConfig.from_dict(_merge(cfg.to_dict(), json.loads(Path(args.config).read_text())))
+    model = {k: v for k, v in dict(size=args.model_size, image_size=args.image_size,
+                                   patch_size=args.patch_size,
+                                   deep_supervision=args.deep_supervision).items() if v is not None}
+    cfg.model = dataclasses.replace(cfg.model, **model)
+    for stage, epochs in ((cfg.stage1, args.stage1_epochs), (cfg.stage2, args.stage2_epochs)):
+        if epochs is not None:
+            stage.epochs = epochs
+        if args.batch_size is not None:
+            stage.batch_size = args.batch_size
+    if args.mask_ratio is not None:
+        if not 0 <= args.mask_ratio < 1:
+            raise ConfigError(f"--mask-ratio must be in [0, 1), not {args.mask_ratio}")
+        cfg.stage1.mask_ratio = args.mask_ratio
+    if args.seed is not None:
+        cfg.seed = args.seed
+    cfg.model.resolved()  # validates size / patch / widths now, not on the workers
+    return cfg
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raymae", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train both stages with Ray Train and write the model artifact")
+    t.add_argument("--data", required=True, help="MVTec-AD style folder: local path or s3://bucket/prefix")
+    t.add_argument("--out", required=True, help="model folder to write: local path or s3://")
+    t.add_argument("--workers", type=_positive, default=1, help="Ray Train workers (default 1)")
+    t.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
+    t.add_argument("--init", help="pretrained MAE weights: .safetensors/.pth file or a timm model name")
+    t.add_argument("--storage", default="./raymae-runs",
+                   help="Ray Train storage for checkpoints (local or s3://; shared storage on a cluster)")
+    t.add_argument("--run-name", help="resume this run (default: derived from data, out and recipe)")
+    t.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
+    t.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    add_recipe_arguments(t)
+
+    e = sub.add_parser("evaluate", help="metrics of a model on a labelled test split")
+    e.add_argument("--data", required=True, help="MVTec-AD style folder with test/ and ground_truth/")
+    e.add_argument("--model", required=True, help="model folder written by raymae train")
+    e.add_argument("--output", required=True, help="folder for metrics.json and scores.parquet")
+    e.add_argument("--batch-size", type=_positive, default=32)
+    e.add_argument("--gpu", action="store_true")
+
+    s = sub.add_parser("synth", help="write a synthetic MVTec-AD style dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", type=_positive, default=64)
+    s.add_argument("--train", type=_positive, default=120)
+    s.add_argument("--seed", type=int, default=0)
+
+    d = sub.add_parser("demo", help="synthesise data, train on local Ray, evaluate: the whole path in minutes")
+    d.add_argument("--workdir", default=None, help="where data, model and results go (default: a temp dir)")
+    d.add_argument("--workers", type=_positive, default=2)
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = recipe_from_args(args)
+    if args.local:
+        from raymae.train import train_local
+
+        artifact = train_local(args.data, cfg, "cuda" if args.gpu else "cpu", args.init)
+        artifact.save(args.out)
+    else:
+        from raymae.data import list_train
+        from raymae.ray_train import TrainJob, run_training
+
+        list_train(args.data)  # fail fast on the driver with a clear message
+        _init_ray()
+        artifact = run_training(TrainJob(args.data, args.out, cfg, args.workers, args.gpu, args.init,
+                                         args.storage, args.run_name, args.max_failures))
+    c = artifact.calibration
+    print(f"model {artifact.model_id} written to {args.out}\n"
+          f"map rule {cfg_rule(artifact.config)}  threshold {c.threshold:.4g} "
+          f"(target FPR {c.target_fpr:.3g} on {c.normal_scores['n']} held-back normal images)")
+    return 0
+
+
+def cfg_rule(cfg: RaymaeConfig) -> str:
+    return f"{cfg.anomaly_map.combination}/{cfg.anomaly_map.score_rule}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from raymae.artifact import ModelArtifact
+    from raymae.evaluate import evaluate, format_table, write_outputs
+
+    artifact = ModelArtifact.load(args.model)
+    result, test, pred = evaluate(artifact, args.data, "cuda" if args.gpu else "cpu", args.batch_size)
+    write_outputs(result, test, pred, args.output)
+    print(format_table(result))
+    print(f"wrote {args.output}/metrics.json and {args.output}/scores.parquet")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from raymae.synthetic import write_mvtec_dataset
+
+    root = write_mvtec_dataset(args.out, n_train=args.train, size=args.size, seed=args.seed)
+    print(f"synthetic dataset written to {root}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="raymae-demo-"))
+    data_dir, model_dir, eval_dir = workdir / "data", workdir / "model", workdir / "evaluation"
+    base = ["--model-size", "tiny", "--image-size", "64", "--patch-size", "8", "--batch-size", "16"]
+    steps = [
+        ["synth", "--out", str(data_dir), "--size", "64", "--train", "120"],
+        ["train", "--data", str(data_dir), "--out", str(model_dir), "--workers", str(args.workers),
+         "--storage", str(workdir / "runs"), "--stage1-epochs", "20", "--stage2-epochs", "15", *base],
+        ["evaluate", "--data", str(data_dir), "--model", str(model_dir), "--output", str(eval_dir)],
+    ]
+    for step in steps:
+        print(f"\n$ raymae {' '.join(step)}", flush=True)
+        code = main(step)
+        if code:
+            return code
+    print(f"\ndemo finished: everything is under {workdir}")
+    return 0
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "synth": cmd_synth, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from raymae.artifact import ArtifactError
+    from raymae.data import DataError
+    from raymae.pretrained import PretrainedError
+    from raymae.storage import StorageError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, StorageError, ArtifactError, PretrainedError) as e:
+        print(f"raymae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

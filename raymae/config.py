@@ -1,0 +1,185 @@
+"""Every setting of raymae in one typed place.
+
+A :class:`RaymaeConfig` holds the whole recipe: model shape, both training stages,
+the stage-2 corruption, the anomaly-map rule and the threshold calibration.
+It round-trips through JSON (``to_dict`` / ``from_dict``) and is stored in the
+model artifact's ``config.json``, so a model can always be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_type_hints
+
+# Named ViT sizes. Encoder widths follow ViT/DeiT; decoders follow MAE's light decoder.
+# ``large`` (ViT-L/16 encoder, 512-wide 8-block decoder) is the ISSTAD paper's model.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3,
+                 decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4),
+    "small": dict(embed_dim=384, depth=12, num_heads=6,
+                  decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
+    "base": dict(embed_dim=768, depth=12, num_heads=12,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16,
+                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+}
+
+ModelSize = Literal["tiny", "small", "base", "large"]
+Combination = Literal["product", "prob", "recon", "mean"]
+ScoreRule = Literal["max", "mean", "topk"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, with a message a person can act on."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the MAE and of its stage-2 extension."""
+
+    size: ModelSize = "tiny"
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    # Overrides of the named size (None = take it from MODEL_SIZES[size]).
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    # Stage 2: blocks appended to the decoder, and whether every decoder block
+    # gets its own pixel-classification head (the paper's deep supervision).
+    stage2_extra_blocks: int = 2
+    deep_supervision: bool = False
+    norm_pix_loss: bool = False
+
+    def resolved(self) -> "ModelConfig":
+        """A copy with every ``None`` width/depth filled in from the named size."""
+        if self.size not in MODEL_SIZES:
+            raise ConfigError(f"unknown model size {self.size!r}; choose one of {sorted(MODEL_SIZES)}")
+        preset = MODEL_SIZES[self.size]
+        filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in preset.items()}
+        out = dataclasses.replace(self, **filled)
+        if out.image_size % out.patch_size:
+            raise ConfigError(
+                f"image size {out.image_size} is not a multiple of patch size {out.patch_size}")
+        if out.embed_dim % out.num_heads or out.decoder_embed_dim % out.decoder_num_heads:
+            raise ConfigError("embedding widths must be divisible by their number of heads")
+        return out
+
+
+@dataclass
+class Stage1Config:
+    """Masked-autoencoder pre-training on normal images."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1.5e-4  # base learning rate, scaled by global batch / 256 as in MAE
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    mask_ratio: float = 0.75
+
+
+@dataclass
+class Stage2Config:
+    """Incremental self-supervised stage: repair and classify corrupted pixels."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1.5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    freeze_encoder: bool = True
+    ce_weight: float = 1.0
+    mse_weight: float = 1.0
+    ssim_weight: float = 1.0
+    # Cross-entropy weights of (normal, anomalous) pixels; anomalies are the rare class.
+    class_weights: tuple[float, float] = (1.0, 5.0)
+
+
+@dataclass
+class CorruptionConfig:
+    """Pixel-level corruption that turns a normal image into a labelled fake anomaly."""
+
+    clean_share: float = 0.2          # share of samples left uncorrupted
+    perlin_share: float = 0.5         # of the corrupted ones, share using Perlin masks
+    # (a) self-sourced: an augmented copy of the image pasted into random shapes
+    max_shapes: int = 3
+    shape_area: tuple[float, float] = (0.002, 0.05)  # fraction of the image per shape
+    foreground_only: bool = False     # keep shapes on the object (object categories)
+    # (b) Perlin-noise masks blended with a texture (the image itself or Perlin noise)
+    perlin_min_scale: int = 0         # noise scale = 2 ** randint(min, max)
+    perlin_max_scale: int = 6
+    perlin_threshold: float = 0.5
+    blend_range: tuple[float, float] = (0.2, 1.0)  # opacity of the pasted texture
+
+
+@dataclass
+class AnomalyMapConfig:
+    """How the reconstruction-error map R and probability map P become one score."""
+
+    combination: Combination = "product"  # product: P * minmax(R) (the paper)
+    sigma: float = 4.0                     # Gaussian smoothing, pixels at image_size
+    score_rule: ScoreRule = "max"
+    topk_fraction: float = 0.01            # for score_rule="topk": mean of the top 1 %
+
+
+@dataclass
+class CalibrationConfig:
+    """Threshold from held-back normal training images (no labels needed)."""
+
+    holdout_fraction: float = 0.1
+    target_fpr: float = 0.01
+    # Pick combination/score rule on validation data (held-back normals vs their
+    # corrupted copies) instead of taking AnomalyMapConfig as given.
+    select_map_rule: bool = True
+
+
+@dataclass
+class RaymaeConfig:
+    """One complete recipe: what train writes into the artifact's config.json."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    anomaly_map: AnomalyMapConfig = field(default_factory=AnomalyMapConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RaymaeConfig":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]):
+    """Rebuild a (nested) dataclass from plain JSON data, refusing unknown keys."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} setting(s): {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            allowed = get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
+            if allowed and value not in allowed:
+                raise ConfigError(f"{cls.__name__}.{key} must be one of {allowed}, not {value!r}")
+            kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,379 @@
+"""Pixel-level corruption of normal images: the fake anomalies of ISSTAD stage 2.
+
+A normal image ``(H, W, 3) uint8`` becomes a :class:`CorruptedSample`: the
+corrupted image, the clean original and a boolean mask ``(H, W)`` of the pixels
+labelled anomalous. Two families of corruption are used (see
+:class:`raymae.config.CorruptionConfig`):
+
+* **self-sourced** ("self"): an augmented copy of the same image (colour jitter,
+  blur, flip/rotation, noise, shift) is pasted into 1..``max_shapes`` random
+  rectangles, ellipses or polygons, optionally restricted to the estimated
+  object foreground;
+* **Perlin** ("perlin", as in DRAEM): a rotated, thresholded 2-D Perlin noise
+  field gives the mask, and a texture (the augmented image or colourised Perlin
+  noise) is blended in with opacity ``beta``.
+
+Mask invariant
+--------------
+``mask`` marks *exactly* the pixels that differ from the clean image:
+
+* every pixel outside the mask is bit-identical to ``clean``;
+* every pixel inside the mask differs from ``clean`` by at least
+  :data:`MIN_CHANGE` grey levels in some channel.
+
+After a corruption is drawn, mask pixels whose largest absolute channel change
+is below :data:`MIN_CHANGE` are dropped from the mask *and restored* to their
+clean value (so a faint, invisible change is never labelled anomalous). If the
+mask ends up empty the corruption is drawn again, at most :data:`MAX_ATTEMPTS`
+times, before the sample falls back to "clean".
+
+Pure numpy / PIL / scipy.ndimage; no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from raymae.config import CorruptionConfig
+
+MIN_CHANGE = 2        # smallest max-abs channel change (grey levels) that counts as changed
+MAX_ATTEMPTS = 8      # corruption draws before falling back to a clean sample
+MIN_PERLIN_CELL = 4   # Perlin cells are kept at least this many pixels wide
+MIN_FOREGROUND = 0.01  # foreground share below which the whole image counts as object
+
+
+@dataclass
+class CorruptedSample:
+    """One training sample of stage 2.
+
+    image: (H, W, 3) uint8, the corrupted image.
+    clean: (H, W, 3) uint8, the original.
+    mask: (H, W) bool, True exactly where ``image`` differs from ``clean``.
+    kind: "clean" | "self" | "perlin".
+    """
+
+    image: np.ndarray
+    clean: np.ndarray
+    mask: np.ndarray
+    kind: str
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) -> CorruptedSample:
+    """Corrupt one ``(H, W, 3) uint8`` image, or leave it clean with ``cfg.clean_share``."""
+    clean = _as_rgb_uint8(image)
+    if rng.random() < cfg.clean_share:
+        return _clean_sample(clean)
+    kind = "perlin" if rng.random() < cfg.perlin_share else "self"
+    draw = _perlin_corruption if kind == "perlin" else _self_corruption
+    for _ in range(MAX_ATTEMPTS):
+        out, mask = _enforce_mask_invariant(clean, *draw(clean, cfg, rng))
+        if mask.any():
+            return CorruptedSample(image=out, clean=clean, mask=mask, kind=kind)
+    return _clean_sample(clean)
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """A Generator that depends only on ``(seed, index)`` (order/worker independent)."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)))
+
+
+def corrupt_seeded(image: np.ndarray, cfg: CorruptionConfig, seed: int, index: int) -> CorruptedSample:
+    """:func:`corrupt` with the Generator derived from ``(seed, index)``: reproducible."""
+    return corrupt(image, cfg, sample_rng(seed, index))
+
+
+def corrupt_batch(images: np.ndarray, cfg: CorruptionConfig, seed: int,
+                  indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Corrupt a batch ``(B, H, W, 3) uint8``; sample ``b`` uses ``(seed, indices[b])``.
+
+    Returns (corrupted (B, H, W, 3) uint8, clean (B, H, W, 3) uint8, masks (B, H, W) bool).
+    """
+    if len(images) != len(indices):
+        raise ValueError(f"{len(images)} images but {len(indices)} indices")
+    samples = [corrupt_seeded(img, cfg, seed, idx) for img, idx in zip(images, indices)]
+    return (np.stack([s.image for s in samples]), np.stack([s.clean for s in samples]),
+            np.stack([s.mask for s in samples]))
+
+
+def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """2-D gradient (Perlin) noise of ``shape`` (H, W) with ``res`` (ry, rx) cells per axis.
+
+    Uses the fade 6t^5 - 15t^4 + 10t^3. Sizes not divisible by ``res`` are generated
+    at the next multiple and cropped. Returns (H, W) float64 in about [-1, 1]
+    (scaled by sqrt(2), as in DRAEM).
+    """
+    h, w = shape
+    ry, rx = max(1, int(res[0])), max(1, int(res[1]))
+    ph, pw = -(-h // ry) * ry, -(-w // rx) * rx
+    gy = np.arange(ph) * (ry / ph)  # coordinates in cell units, (ph,)
+    gx = np.arange(pw) * (rx / pw)
+    iy, ix = gy.astype(int), gx.astype(int)
+    fy, fx = (gy - iy)[:, None], (gx - ix)[None, :]
+    angles = 2 * np.pi * rng.random((ry + 1, rx + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # (ry+1, rx+1, 2)
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        g = grads[(iy + dy)[:, None], (ix + dx)[None, :]]  # (ph, pw, 2)
+        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+
+    ty, tx = _fade(fy), _fade(fx)
+    top = corner(0, 0) * (1 - tx) + corner(0, 1) * tx
+    bottom = corner(1, 0) * (1 - tx) + corner(1, 1) * tx
+    noise = np.sqrt(2) * (top * (1 - ty) + bottom * ty)
+    return noise[:h, :w]
+
+
+def estimate_foreground(image: np.ndarray) -> np.ndarray:
+    """Object foreground of an ``(H, W, 3) uint8`` image as an (H, W) bool mask.
+
+    Each pixel's colour distance to the median border colour is Otsu-thresholded
+    and cleaned with a binary opening and closing. If the result is (nearly)
+    empty, the whole image is returned.
+    """
+    img = image.astype(np.float64)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])  # (2H+2W, 3)
+    dist = np.linalg.norm(img - np.median(border, axis=0), axis=-1)     # (H, W)
+    whole = np.ones(dist.shape, dtype=bool)
+    if dist.max() - dist.min() < 1e-6:
+        return whole
+    fg = dist > _otsu_threshold(dist)
+    fg = ndimage.binary_opening(fg, iterations=1)
+    fg = ndimage.binary_closing(fg, iterations=2, border_value=0)
+    fg = ndimage.binary_fill_holes(fg)
+    return fg if fg.mean() >= MIN_FOREGROUND else whole
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Check that ``image`` is (H, W, 3) uint8 and return it as a contiguous array."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def _clean_sample(clean: np.ndarray) -> CorruptedSample:
+    """The uncorrupted sample: same image, empty mask."""
+    return CorruptedSample(image=clean.copy(), clean=clean,
+                           mask=np.zeros(clean.shape[:2], dtype=bool), kind="clean")
+
+
+def _enforce_mask_invariant(clean: np.ndarray, out: np.ndarray,
+                            mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make ``mask`` == pixels changed by >= MIN_CHANGE; restore all other pixels.
+
+    clean, out: (H, W, 3) uint8; mask: (H, W) bool. Returns (image, mask).
+    """
+    change = np.abs(out.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
+    mask = mask & (change >= MIN_CHANGE)
+    result = clean.copy()
+    result[mask] = out[mask]
+    return result, mask
+
+
+def _fade(t: np.ndarray) -> np.ndarray:
+    """Perlin's quintic fade 6t^5 - 15t^4 + 10t^3."""
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a float array (maximises between-class variance)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round and clip a float array to uint8."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _jitter_colour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast, saturation and hue of an (H, W, 3) float image."""
+    img = img * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30)           # brightness
+    mean = img.mean()
+    img = (img - mean) * rng.uniform(0.6, 1.5) + mean                  # contrast
+    grey = img.mean(axis=-1, keepdims=True)
+    img = (img - grey) * rng.uniform(0.3, 1.7) + grey                  # saturation
+    return _rotate_hue(img, rng.uniform(-np.pi / 3, np.pi / 3))
+
+
+def _rotate_hue(img: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate colours about the grey axis by ``angle`` radians (a hue shift)."""
+    axis = np.ones(3) / np.sqrt(3)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)  # Rodrigues
+    return img @ rot.T
+
+
+def _blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian blur of an (H, W, 3) float image with a random sigma."""
+    sigma = rng.uniform(0.5, 2.5)
+    return ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0))
+
+
+def _flip_or_rotate(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Horizontal/vertical flip, or a 90-degree rotation for square images."""
+    choices = ["h", "v"] + (["r90", "r270"] if img.shape[0] == img.shape[1] else [])
+    op = choices[rng.integers(len(choices))]
+    if op == "h":
+        return img[:, ::-1]
+    if op == "v":
+        return img[::-1]
+    return np.rot90(img, k=1 if op == "r90" else 3)
+
+
+def _add_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian noise with a random standard deviation (grey levels)."""
+    return img + rng.normal(0.0, rng.uniform(5, 25), size=img.shape)
+
+
+def _shift(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cyclic shift by up to a quarter of the image in each axis."""
+    h, w = img.shape[:2]
+    dy = int(rng.integers(-(h // 4), h // 4 + 1))
+    dx = int(rng.integers(-(w // 4), w // 4 + 1))
+    return np.roll(img, (dy, dx), axis=(0, 1))
+
+
+_AUGMENTATIONS: tuple[Callable[[np.ndarray, np.random.Generator], np.ndarray], ...] = (
+    _jitter_colour, _blur, _flip_or_rotate, _add_noise, _shift)
+
+
+def augmented_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random non-empty combination of augmentations of an (H, W, 3) uint8 image."""
+    chosen = rng.random(len(_AUGMENTATIONS)) < 0.5
+    if not chosen.any():
+        chosen[rng.integers(len(_AUGMENTATIONS))] = True
+    img = image.astype(np.float64)
+    for aug, use in zip(_AUGMENTATIONS, chosen):
+        if use:
+            img = aug(img, rng)
+    return _to_uint8(img)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _shape_size(area: float, rng: np.random.Generator) -> tuple[float, float]:
+    """Height and width of a box of ``area`` pixels with a random aspect ratio."""
+    aspect = np.exp(rng.uniform(np.log(1 / 3), np.log(3)))
+    return np.sqrt(area * aspect), np.sqrt(area / aspect)
+
+
+def _polygon_points(centre: tuple[float, float], area: float,
+                    rng: np.random.Generator) -> list[tuple[float, float]]:
+    """A random star-shaped polygon around ``centre`` (y, x) of about ``area`` pixels."""
+    n = int(rng.integers(3, 9))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    radii = rng.uniform(0.4, 1.0, n)
+    xs, ys = radii * np.cos(angles), radii * np.sin(angles)
+    unit_area = 0.5 * abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))
+    scale = np.sqrt(area / max(unit_area, 1e-6))
+    return [(centre[1] + scale * x, centre[0] + scale * y) for x, y in zip(xs, ys)]
+
+
+def random_shape_mask(shape: tuple[int, int], area_range: tuple[float, float],
+                      rng: np.random.Generator, centre: tuple[float, float] | None = None) -> np.ndarray:
+    """One random rectangle, ellipse or polygon as an (H, W) bool mask.
+
+    Its area is a fraction in ``area_range`` of the image; ``centre`` (y, x)
+    defaults to a uniformly random point.
+    """
+    h, w = shape
+    area = rng.uniform(*area_range) * h * w
+    cy, cx = centre if centre is not None else (rng.uniform(0, h), rng.uniform(0, w))
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    kind = int(rng.integers(3))
+    if kind == 2:
+        draw.polygon(_polygon_points((cy, cx), area, rng), fill=1)
+    else:
+        sh, sw = _shape_size(area * (4 / np.pi if kind == 1 else 1.0), rng)
+        box = (cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2)
+        (draw.ellipse if kind == 1 else draw.rectangle)(box, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _shapes_mask(clean: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
+    """Union of 1..max_shapes random shapes (H, W) bool, ∩ foreground when asked."""
+    shape = clean.shape[:2]
+    allowed = estimate_foreground(clean) if cfg.foreground_only else np.ones(shape, dtype=bool)
+    ys, xs = np.nonzero(allowed)
+    mask = np.zeros(shape, dtype=bool)
+    for _ in range(int(rng.integers(1, max(1, cfg.max_shapes) + 1))):
+        pick = int(rng.integers(len(ys)))
+        centre = (ys[pick] + rng.uniform(0, 1), xs[pick] + rng.uniform(0, 1))
+        mask |= random_shape_mask(shape, cfg.shape_area, rng, centre)
+    return mask & allowed
+
+
+# --------------------------------------------------------------------------- corruptions
+
+
+def _self_corruption(clean: np.ndarray, cfg: CorruptionConfig,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paste an augmented copy into random shapes. Returns (image (H, W, 3) uint8, mask (H, W))."""
+    source = augmented_copy(clean, rng)
+    mask = _shapes_mask(clean, cfg, rng)
+    out = clean.copy()
+    out[mask] = source[mask]
+    return out, mask
+
+
+def _perlin_scale(size: int, cfg: CorruptionConfig, rng: np.random.Generator) -> int:
+    """Cells per axis: 2 ** randint(min, max), capped so cells stay >= MIN_PERLIN_CELL px."""
+    res = 2 ** int(rng.integers(cfg.perlin_min_scale, cfg.perlin_max_scale + 1))
+    return max(1, min(res, size // MIN_PERLIN_CELL))
+
+
+def perlin_mask(shape: tuple[int, int], cfg: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
+    """Rotated Perlin noise thresholded at ``cfg.perlin_threshold``: (H, W) bool."""
+    h, w = shape
+    res = (_perlin_scale(h, cfg, rng), _perlin_scale(w, cfg, rng))
+    noise = perlin_noise(shape, res, rng)
+    angle = rng.uniform(-90, 90)
+    noise = ndimage.rotate(noise, angle, reshape=False, order=1, mode="reflect")
+    return noise > cfg.perlin_threshold
+
+
+def perlin_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Colourised Perlin noise: (H, W, 3) uint8 between two random colours plus colour noise."""
+    h, w = shape
+    res = (max(1, min(2 ** int(rng.integers(1, 5)), h // MIN_PERLIN_CELL)),
+           max(1, min(2 ** int(rng.integers(1, 5)), w // MIN_PERLIN_CELL)))
+    t = (perlin_noise(shape, res, rng)[..., None] + 1) / 2               # (H, W, 1) in ~[0, 1]
+    low, high = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    detail = np.stack([perlin_noise(shape, res, rng) for _ in range(3)], axis=-1)
+    return _to_uint8(low + (high - low) * t + 40 * detail)
+
+
+def _perlin_corruption(clean: np.ndarray, cfg: CorruptionConfig,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Blend a texture into a Perlin mask with opacity beta. Returns (image, mask (H, W))."""
+    shape = clean.shape[:2]
+    mask = perlin_mask(shape, cfg, rng)
+    texture = augmented_copy(clean, rng) if rng.random() < 0.5 else perlin_texture(shape, rng)
+    beta = rng.uniform(*cfg.blend_range)
+    m = mask[..., None].astype(np.float64)
+    out = clean * (1 - beta * m) + texture * (beta * m)
+    return _to_uint8(out), mask

@@ -1,0 +1,203 @@
+"""Reading images and MVTec-AD style datasets from a local folder or ``s3://``.
+
+Layout::
+
+    <root>/train/good/*.png                      normal training images
+    <root>/test/good/*.png                       normal test images
+    <root>/test/<defect>/*.png                   defective test images
+    <root>/ground_truth/<defect>/<stem>_mask.png pixel masks (0 / >0)
+
+Images are decoded with Pillow; grayscale, palette, 16-bit and RGBA become RGB,
+and every image is resized to the model's square input size.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from raymae import storage
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+GOOD = "good"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read, explained for a person."""
+
+
+# ------------------------------------------------------------------ decoding
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes -> RGB PIL image; raises DataError with the reason when it cannot."""
+    if not data:
+        raise DataError("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image too large: {e}") from e
+    except Exception as e:  # Pillow raises many types for broken files
+        raise DataError(f"not a readable image: {e}") from e
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB (16-bit and float images rescaled, alpha dropped)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> (size, size, 3) uint8, bilinear."""
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def decode_mask(data: bytes, size: int) -> np.ndarray:
+    """Mask bytes -> (size, size) bool, nearest-neighbour resize, foreground = value > 127."""
+    img = Image.open(io.BytesIO(data)).convert("L").resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(img) > 127
+
+
+# ------------------------------------------------------------------ listing
+@dataclass
+class ImageRecord:
+    """One image of a dataset split (no pixels yet)."""
+
+    uri: str
+    label: int                 # 0 normal, 1 anomalous
+    defect_type: str           # "good" or the defect folder name
+    mask_uri: str | None = None
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of a split, aligned with their records.
+
+    images: (N, S, S, 3) uint8; masks: (N, S, S) bool (all False for normal images).
+    """
+
+    records: list[ImageRecord]
+    images: np.ndarray
+    masks: np.ndarray = field(default=None)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    @property
+    def defect_types(self) -> list[str]:
+        return [r.defect_type for r in self.records]
+
+    @property
+    def uris(self) -> list[str]:
+        return [r.uri for r in self.records]
+
+
+def _list_images(fs, path: str) -> list[str]:
+    if not fs.isdir(path):
+        return []
+    files = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(files)
+
+
+def _uri(root_uri: str, root_path: str, path: str) -> str:
+    """Turn a filesystem path back into a URI of the same kind as the root."""
+    return storage.join(root_uri, path[len(root_path):]) if path.startswith(root_path) else path
+
+
+def _open_root(uri: str):
+    fs, root = storage.resolve(uri)
+    try:
+        exists = fs.isdir(root)
+    except Exception as e:  # e.g. unreachable endpoint, missing bucket
+        raise DataError(f"cannot reach {uri!r}: {e}") from e
+    if not exists:
+        raise DataError(f"data folder not found: {uri!r} (expected an MVTec-AD layout with train/good)")
+    return fs, root.rstrip("/")
+
+
+def list_train(uri: str) -> list[ImageRecord]:
+    """Normal training images under ``<uri>/train/good``, sorted by name."""
+    fs, root = _open_root(uri)
+    files = _list_images(fs, f"{root}/train/good")
+    if not files:
+        raise DataError(f"no training images in {storage.join(uri, 'train/good')!r}: "
+                        f"put normal images ({', '.join(IMAGE_EXTENSIONS)}) there")
+    return [ImageRecord(_uri(uri, root, f), 0, GOOD) for f in files]
+
+
+def list_test(uri: str) -> list[ImageRecord]:
+    """Test images with their defect type and mask, masks paired by name (else by sorted order)."""
+    fs, root = _open_root(uri)
+    test_dir = f"{root}/test"
+    if not fs.isdir(test_dir):
+        raise DataError(f"no test folder in {uri!r}: expected test/good and test/<defect>")
+    records: list[ImageRecord] = []
+    for type_dir in sorted(fs.ls(test_dir, detail=False)):
+        defect = type_dir.rstrip("/").rsplit("/", 1)[-1]
+        files = _list_images(fs, type_dir)
+        if defect == GOOD:
+            records += [ImageRecord(_uri(uri, root, f), 0, GOOD) for f in files]
+            continue
+        masks = _pair_masks(fs, f"{root}/ground_truth/{defect}", files, defect)
+        records += [ImageRecord(_uri(uri, root, f), 1, defect, m and _uri(uri, root, m))
+                    for f, m in zip(files, masks)]
+    if not records:
+        raise DataError(f"no test images under {storage.join(uri, 'test')!r}")
+    return records
+
+
+def _pair_masks(fs, gt_dir: str, files: list[str], defect: str) -> list[str | None]:
+    masks = _list_images(fs, gt_dir)
+    by_stem = {m.rsplit("/", 1)[-1].rsplit(".", 1)[0].removesuffix("_mask"): m for m in masks}
+    stems = [f.rsplit("/", 1)[-1].rsplit(".", 1)[0] for f in files]
+    if all(s in by_stem for s in stems):
+        return [by_stem[s] for s in stems]
+    if len(masks) == len(files):
+        return masks  # sorted order, as MVTec's own naming guarantees
+    if not masks:
+        return [None] * len(files)  # image-level labels only
+    raise DataError(f"cannot pair {len(files)} images of test/{defect} with {len(masks)} masks "
+                    f"in ground_truth/{defect}: name masks <image stem>_mask.png")
+
+
+# ------------------------------------------------------------------ loading
+def load_images(records: list[ImageRecord], size: int, threads: int = 8) -> ImageSet:
+    """Read and decode the records' images (and masks) in parallel threads."""
+
+    def load(rec: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            image = resize_rgb(decode_image(storage.read_bytes(rec.uri)), size)
+        except DataError as e:
+            raise DataError(f"{rec.uri}: {e}") from e
+        mask = (decode_mask(storage.read_bytes(rec.mask_uri), size) if rec.mask_uri
+                else np.zeros((size, size), dtype=bool))
+        return image, mask
+
+    with ThreadPoolExecutor(threads) as pool:
+        pairs = list(pool.map(load, records))
+    images = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, size, size, 3), np.uint8)
+    masks = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, size, size), bool)
+    return ImageSet(records=list(records), images=images, masks=masks)
+
+
+def split_holdout(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministically hold back a share of records: (train, holdout)."""
+    if not 0 <= fraction < 1:
+        raise DataError(f"holdout fraction must be in [0, 1), not {fraction}")
+    n_hold = int(round(len(records) * fraction))
+    if fraction > 0 and len(records) >= 4:
+        n_hold = max(n_hold, 2)
+    order = np.random.default_rng(seed).permutation(len(records))
+    hold = set(order[:n_hold].tolist())
+    train = [r for i, r in enumerate(records) if i not in hold]
+    if not train:
+        raise DataError(f"only {len(records)} training images: too few to hold back {fraction:.0%}")
+    return train, [r for i, r in enumerate(records) if i in hold]

@@ -1,0 +1,79 @@
+"""One filesystem layer for local paths and object storage (``s3://``).
+
+Everything that reads or writes a URI goes through :func:`resolve`, which uses
+fsspec (s3fs for ``s3://``). Endpoint, region and credentials come from the
+standard AWS environment variables and profiles (``AWS_ENDPOINT_URL`` makes
+MinIO, Ceph or a test server work); nothing secret is ever passed as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+from fsspec.core import url_to_fs
+
+SUPPORTED_SCHEMES = ("file", "local", "s3", "s3a", "memory")
+
+
+class StorageError(ValueError):
+    """A URI that cannot be used, explained for a person."""
+
+
+def scheme_of(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def is_remote(uri: str) -> bool:
+    return scheme_of(uri) not in ("file", "local")
+
+
+def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or a supported URI."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise StorageError("an empty path or URI was given")
+    scheme = scheme_of(uri)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise StorageError(
+            f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path or s3://bucket/prefix")
+    if scheme in ("s3", "s3a"):
+        bucket = uri.split("://", 1)[1].split("/", 1)[0]
+        if not bucket:
+            raise StorageError(f"{uri!r} names no bucket: write s3://bucket/prefix")
+        return url_to_fs(uri, **_s3_options())
+    if scheme in ("file", "local"):
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        return url_to_fs(str(Path(path).expanduser().resolve()))
+    return url_to_fs(uri)
+
+
+def _s3_options() -> dict:
+    """s3fs options from the environment (botocore reads credentials itself)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with '/'."""
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute (Ray's storage_path needs that); URIs unchanged."""
+    return uri if is_remote(uri) else str(Path(uri.split("://", 1)[-1]).expanduser().resolve())

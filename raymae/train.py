@@ -1,0 +1,78 @@
+"""From a dataset URI to a model artifact: data, the two stages, calibration.
+
+``train_local`` runs everything in this process (one CPU or GPU, no Ray);
+``raymae.ray_train`` runs the same steps across a Ray Train worker group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raymae import data
+from raymae.artifact import ModelArtifact
+from raymae.calibration import calibrate
+from raymae.config import RaymaeConfig
+from raymae.model import MaskedAutoencoderViT
+from raymae.pretrained import load_init_weights
+from raymae.training import EpochResult, train_two_stages
+
+log = logging.getLogger("raymae")
+
+
+@dataclass
+class TrainingData:
+    """Normal images split into the training part and the held-back calibration part."""
+
+    train: np.ndarray     # (N, S, S, 3) uint8
+    holdout: np.ndarray   # (M, S, S, 3) uint8
+    source: str
+
+
+def load_training_data(uri: str, cfg: RaymaeConfig) -> TrainingData:
+    records = data.list_train(uri)
+    train, hold = data.split_holdout(records, cfg.calibration.holdout_fraction, cfg.seed)
+    size = cfg.model.image_size
+    return TrainingData(data.load_images(train, size).images, data.load_images(hold, size).images, uri)
+
+
+def finish_artifact(model: MaskedAutoencoderViT, training: TrainingData, cfg: RaymaeConfig,
+                    info: dict, device: torch.device | str = "cpu") -> ModelArtifact:
+    """Calibrate the trained stage-2 model on the held-back normals and package it."""
+    from raymae.inference import Predictor
+
+    cfg, calibration = calibrate(Predictor(model, cfg, device), training.holdout, cfg)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    info = dict(info, train_images=len(training.train), holdout_images=len(training.holdout),
+                data=training.source)
+    return ModelArtifact(cfg, state, calibration, info)
+
+
+def log_epoch(result: EpochResult) -> None:
+    parts = " ".join(f"{k}={v:.4f}" for k, v in result.parts.items())
+    log.info("stage %d epoch %d loss %.4f %s(%.1fs)", result.stage, result.epoch + 1, result.loss,
+             parts + " " if parts else "", result.seconds)
+
+
+def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | None = None,
+                on_epoch_end=None) -> ModelArtifact:
+    """Both stages and calibration in this process; returns the artifact (not yet saved)."""
+    start = time.time()
+    training = load_training_data(uri, cfg)
+    init_state = load_init_weights(init, cfg.model).state_dict if init else None
+    history: list[dict] = []
+
+    def hook(result: EpochResult, model, optimizer) -> None:
+        history.append({"stage": result.stage, "epoch": result.epoch + 1, "loss": result.loss})
+        log_epoch(result)
+        if on_epoch_end:
+            on_epoch_end(result, model, optimizer)
+
+    model = train_two_stages(cfg, training.train, torch.device(device), init_state=init_state,
+                             on_epoch_end=hook)
+    info = {"init": init, "history": history, "train_seconds": round(time.time() - start, 1)}
+    return finish_artifact(model, training, cfg, info, device)

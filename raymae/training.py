@@ -1,0 +1,227 @@
+"""The two-stage training loop, runnable in one plain process.
+
+Ray Train wraps this module (``raymae.ray_train``): it passes a ``wrap_model``
+(DDP), a ``wrap_loader`` (distributed sampler), a saved :class:`TrainState` to
+resume from and an ``on_epoch_end`` hook that writes checkpoints. Without Ray
+the same loop runs on one CPU or GPU (``raymae.training.fit``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from timm.optim import param_groups_weight_decay
+from torch.utils.data import DataLoader, Dataset
+
+from raymae.config import RaymaeConfig, Stage1Config, Stage2Config
+from raymae.corruption import corrupt_seeded
+from raymae.inference import to_model_input, to_unit_range
+from raymae.model import MaskedAutoencoderViT, Stage2Output, build_model
+
+
+# ------------------------------------------------------------------ datasets
+class NormalImages(Dataset):
+    """Stage 1: normal uint8 images (N, S, S, 3) -> (3, S, S) uint8 tensors."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[i])
+
+
+class CorruptedImages(Dataset):
+    """Stage 2: (corrupted, clean, mask) triples, reproducible per (seed, epoch, index)."""
+
+    def __init__(self, images: np.ndarray, cfg: RaymaeConfig):
+        self.images = images
+        self.cfg = cfg
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        seed = self.cfg.seed * 100_003 + self.epoch
+        s = corrupt_seeded(self.images[i], self.cfg.corruption, seed, i)
+        return torch.from_numpy(s.image), torch.from_numpy(s.clean), torch.from_numpy(s.mask)
+
+
+# ------------------------------------------------------------------ optimiser
+def make_optimizer(model: torch.nn.Module, stage: Stage1Config | Stage2Config) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters, no weight decay on norms and biases (as MAE)."""
+    groups = param_groups_weight_decay(model, stage.weight_decay)
+    groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, betas=(0.9, 0.95))
+
+
+def learning_rate(stage: Stage1Config | Stage2Config, epoch: float, global_batch: int) -> float:
+    """Linear warm-up then half-cycle cosine; base lr scaled by global batch / 256."""
+    peak = stage.lr * global_batch / 256
+    if epoch < stage.warmup_epochs:
+        return peak * epoch / stage.warmup_epochs
+    span = max(stage.epochs - stage.warmup_epochs, 1e-8)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - stage.warmup_epochs) / span))
+
+
+# ------------------------------------------------------------------ losses
+def stage2_loss(out: Stage2Output, x_clean: torch.Tensor, mask: torch.Tensor,
+                cfg: RaymaeConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Class-weighted cross-entropy (over every supervised head) + MSE + (1 - SSIM).
+
+    out.recon is compared with the *clean* image, so the model learns to repair.
+    x_clean: (N, 3, H, W) normalised; mask: (N, H, W) bool.
+    """
+    s2 = cfg.stage2
+    weight = torch.tensor(s2.class_weights, device=x_clean.device, dtype=torch.float32)
+    target = mask.long()
+    ce = torch.stack([F.cross_entropy(lg.float(), target, weight=weight) for lg in out.logits]).mean()
+    mse = F.mse_loss(out.recon, x_clean)
+    recon01 = to_unit_range(out.recon, cfg.mean, cfg.std).clamp(0, 1)
+    clean01 = to_unit_range(x_clean, cfg.mean, cfg.std).clamp(0, 1)
+    win = 11 if min(x_clean.shape[-2:]) > 11 * 4 else 3
+    ssim_loss = 1.0 - ssim(recon01.float(), clean01.float(), data_range=1.0, win_size=win)
+    loss = s2.ce_weight * ce + s2.mse_weight * mse + s2.ssim_weight * ssim_loss
+    return loss, {"ce": ce.item(), "mse": mse.item(), "ssim": ssim_loss.item()}
+
+
+# ------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Where a run stands: the next (stage, epoch) to run, and the weights so far."""
+
+    stage: int = 1
+    epoch: int = 0
+    model_state: dict | None = None
+    optimizer_state: dict | None = None
+
+
+@dataclass
+class EpochResult:
+    stage: int
+    epoch: int
+    loss: float
+    seconds: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+EpochHook = Callable[[EpochResult, MaskedAutoencoderViT, torch.optim.Optimizer], None]
+
+
+def _unwrap(model: torch.nn.Module) -> MaskedAutoencoderViT:
+    return getattr(model, "module", model)
+
+
+# ------------------------------------------------------------------ epochs
+def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+              cfg: RaymaeConfig, stage: int, epoch: int, global_batch: int,
+              device: torch.device) -> EpochResult:
+    """One pass over the loader for stage 1 (masked patches) or stage 2 (repair + classify)."""
+    stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
+    model.train()
+    if stage == 2 and cfg.stage2.freeze_encoder:
+        _unwrap(model).set_encoder_frozen(True)
+    start, total, count, parts_sum = time.time(), 0.0, 0, {}
+    steps = max(len(loader), 1)
+    for step, batch in enumerate(loader):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(stage_cfg, epoch + step / steps, global_batch)
+        if stage == 1:
+            x = to_model_input(batch.to(device), cfg.mean, cfg.std, device)
+            loss, _, _ = model(x, mask_ratio=cfg.stage1.mask_ratio)
+            parts = {}
+        else:
+            corrupted, clean, mask = (t.to(device) for t in batch)
+            out = model(to_model_input(corrupted, cfg.mean, cfg.std, device))
+            loss, parts = stage2_loss(out, to_model_input(clean, cfg.mean, cfg.std, device), mask, cfg)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage {stage} loss became {loss.item()} at epoch {epoch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(batch) if stage == 1 else len(batch[0])
+        total += loss.item() * n
+        count += n
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v * n
+    mean = total / max(count, 1)
+    return EpochResult(stage, epoch, mean, time.time() - start,
+                       {k: v / max(count, 1) for k, v in parts_sum.items()})
+
+
+def _loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
+                      generator=g, num_workers=workers, persistent_workers=False)
+
+
+def train_two_stages(cfg: RaymaeConfig, images: np.ndarray, device: torch.device, *,
+                     state: TrainState | None = None,
+                     init_state: dict | None = None,
+                     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+                     wrap_loader: Callable[[DataLoader], DataLoader] = lambda l: l,
+                     world_size: int = 1, loader_workers: int = 0,
+                     on_epoch_end: EpochHook | None = None) -> MaskedAutoencoderViT:
+    """Stage 1 then stage 2 on normal uint8 images (N, S, S, 3); returns the stage-2 model.
+
+    ``state`` resumes at its (stage, epoch); ``init_state`` is a pretrained MAE
+    state dict used when stage 1 starts from scratch.
+    """
+    state = state or TrainState()
+    hook = on_epoch_end or (lambda *a: None)
+    torch.manual_seed(cfg.seed)
+
+    stage1 = build_model(cfg.model, stage2=False)
+    if state.stage == 1:
+        if state.model_state is not None:
+            stage1.load_state_dict(state.model_state)
+        elif init_state is not None:
+            stage1.load_state_dict(init_state, strict=False)
+        _run_stage(cfg, 1, stage1, NormalImages(images), device, state, wrap_model, wrap_loader,
+                   world_size, loader_workers, hook)
+        state = TrainState(stage=2, epoch=0)
+
+    stage2 = build_model(cfg.model, stage2=True)
+    if state.model_state is not None:
+        stage2.load_state_dict(state.model_state)
+    else:
+        missing, unexpected = stage2.load_state_dict(stage1.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("stage2_blocks", "seg_")) for k in missing), missing
+    stage2.set_encoder_frozen(cfg.stage2.freeze_encoder)
+    _run_stage(cfg, 2, stage2, CorruptedImages(images, cfg), device, state, wrap_model, wrap_loader,
+               world_size, loader_workers, hook)
+    return stage2.eval()
+
+
+def _run_stage(cfg, stage, model, dataset, device, state, wrap_model, wrap_loader,
+               world_size, loader_workers, hook) -> None:
+    stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
+    if state.epoch >= stage_cfg.epochs:
+        return
+    model.to(device)
+    optimizer = make_optimizer(model, stage_cfg)
+    if state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
+    wrapped = wrap_model(model)
+    loader = wrap_loader(_loader(dataset, stage_cfg.batch_size, cfg.seed + stage, loader_workers))
+    global_batch = stage_cfg.batch_size * world_size
+    for epoch in range(state.epoch, stage_cfg.epochs):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        result = run_epoch(wrapped, loader, optimizer, cfg, stage, epoch, global_batch, device)
+        hook(result, model, optimizer)

@@ -1,0 +1,75 @@
+"""Shared fixtures: small synthetic MVTec-style data and a tiny, fast recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raymae.config import (AnomalyMapConfig, ModelConfig, RaymaeConfig, Stage1Config,
+                           Stage2Config)
+from raymae.synthetic import write_mvtec_dataset
+
+torch.set_num_threads(2)
+
+
+def tiny_recipe(stage1_epochs: int = 12, stage2_epochs: int = 10) -> RaymaeConfig:
+    """A 64 px, patch-8, 4-block MAE that learns the synthetic texture in seconds."""
+    return RaymaeConfig(
+        model=ModelConfig(size="tiny", image_size=64, patch_size=8, depth=4, decoder_depth=2,
+                          stage2_extra_blocks=1),
+        stage1=Stage1Config(epochs=stage1_epochs, batch_size=16, lr=1e-3, warmup_epochs=1),
+        stage2=Stage2Config(epochs=stage2_epochs, batch_size=16, lr=1e-3, warmup_epochs=1),
+        anomaly_map=AnomalyMapConfig(sigma=1.0),
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("synthetic")
+    return str(write_mvtec_dataset(root, n_train=60, n_test_good=10, n_test_defect_per_type=6,
+                                   size=64, seed=0))
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(synthetic_dataset):
+    """One model trained in-process on the synthetic data, shared by several tests."""
+    from raymae.train import train_local
+
+    return train_local(synthetic_dataset, tiny_recipe())
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP endpoint (moto) on loopback; AWS_* variables point every client at it."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket: returns its s3:// URI."""
+    import uuid
+
+    import s3fs
+
+    name = f"raymae-{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    return f"s3://{name}"

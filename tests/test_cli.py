@@ -1,0 +1,66 @@
+"""The command line: clear messages for wrong input, and evaluate's outputs."""
+
+import json
+
+import pytest
+
+from raymae.cli import main, recipe_from_args, build_parser
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_on_a_missing_folder_says_so(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
+    assert code == 2 and "data folder not found" in err
+
+
+def test_train_on_an_empty_train_good_says_so(capsys, tmp_path):
+    (tmp_path / "d" / "train" / "good").mkdir(parents=True)
+    code, _, err = run(capsys, "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m"))
+    assert code == 2 and "no training images" in err
+
+
+def test_train_on_a_bad_uri_says_so(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", "gs://bucket/data", "--out", str(tmp_path / "m"))
+    assert code == 2 and "unsupported URI scheme" in err
+
+
+def test_wrong_arguments_are_explained(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "x", "--out", "y", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_patch_size_that_does_not_divide_the_image_is_refused(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                       "--image-size", "100", "--patch-size", "16")
+    assert code == 2 and "multiple of patch size" in err
+
+
+def test_flags_override_the_config_file(tmp_path):
+    (tmp_path / "recipe.json").write_text(json.dumps({"stage1": {"epochs": 7, "mask_ratio": 0.5}}))
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--config",
+                                      str(tmp_path / "recipe.json"), "--stage2-epochs", "4",
+                                      "--model-size", "small"])
+    cfg = recipe_from_args(args)
+    assert (cfg.stage1.epochs, cfg.stage1.mask_ratio, cfg.stage2.epochs, cfg.model.size) == (7, 0.5, 4, "small")
+
+
+def test_evaluate_prints_a_table_and_writes_its_files(capsys, trained_artifact, synthetic_dataset, tmp_path):
+    trained_artifact.save(str(tmp_path / "model"))
+    code, out, _ = run(capsys, "evaluate", "--data", synthetic_dataset, "--model", str(tmp_path / "model"),
+                       "--output", str(tmp_path / "eval"))
+    assert code == 0
+    assert "image_auroc" in out and "scratch" in out
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "scores.parquet").exists()
+
+
+def test_evaluate_without_a_model_says_so(capsys, synthetic_dataset, tmp_path):
+    code, _, err = run(capsys, "evaluate", "--data", synthetic_dataset, "--model", str(tmp_path),
+                       "--output", str(tmp_path / "eval"))
+    assert code == 2 and "no raymae model" in err

@@ -1,0 +1,101 @@
+"""The ViT masked autoencoder and its stage-2 extension."""
+
+import numpy as np
+import pytest
+import torch
+
+from raymae.config import ConfigError, ModelConfig
+from raymae.model import build_model, sincos_pos_embed
+
+CFG = ModelConfig(size="tiny", image_size=32, patch_size=8, depth=2, decoder_depth=2, stage2_extra_blocks=1)
+
+
+def test_patchify_and_unpatchify_are_inverse():
+    model = build_model(CFG)
+    imgs = torch.randn(3, 3, 32, 32)
+    patches = model.patchify(imgs)
+    assert patches.shape == (3, 16, 8 * 8 * 3)
+    assert torch.equal(model.unpatchify(patches), imgs)
+
+
+def test_a_patch_holds_the_pixels_of_its_square():
+    model = build_model(CFG)
+    imgs = torch.randn(1, 3, 32, 32)
+    patch = model.patchify(imgs)[0, 1].reshape(8, 8, 3)  # row 0, column 1
+    assert torch.equal(patch, imgs[0, :, 0:8, 8:16].permute(1, 2, 0))
+
+
+def test_random_masking_keeps_a_quarter_and_can_be_undone():
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 16, 1)
+    kept, mask, ids_restore = build_model(CFG).random_masking(x, 0.75)
+    assert kept.shape == (2, 4, 1)
+    assert mask.sum(dim=1).tolist() == [12, 12]
+    # the kept tokens are exactly the unmasked positions
+    for n in range(2):
+        assert sorted(kept[n, :, 0].tolist()) == x[n, mask[n] == 0, 0].tolist()
+    # ids_restore undoes the shuffle
+    shuffled = torch.cat([kept, torch.zeros(2, 12, 1)], dim=1)
+    restored = torch.gather(shuffled, 1, ids_restore.unsqueeze(-1))
+    assert torch.equal(restored[mask == 0], x[mask == 0])
+
+
+def test_stage1_loss_counts_only_masked_patches():
+    model = build_model(CFG)
+    imgs = torch.randn(2, 3, 32, 32)
+    target = model.patchify(imgs)
+    mask = torch.zeros(2, 16)
+    mask[:, :4] = 1
+    pred = target.clone()
+    pred[:, 4:] += 10.0  # wrong only where nothing was masked
+    assert model.forward_loss(imgs, pred, mask).item() == 0.0
+    loss, pred, mask = model(imgs, mask_ratio=0.75)
+    assert pred.shape == target.shape and torch.isfinite(loss)
+
+
+def test_position_embeddings_are_fixed_sincos():
+    model = build_model(CFG)
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    expected = sincos_pos_embed(CFG.resolved().embed_dim, 4)
+    assert np.allclose(model.pos_embed[0].detach().numpy(), expected)
+    assert np.all(expected[0] == 0)  # the cls row
+
+
+def test_stage2_predicts_a_repaired_image_and_pixel_logits():
+    model = build_model(CFG, stage2=True)
+    out = model.forward_stage2(torch.randn(2, 3, 32, 32))
+    assert out.recon.shape == (2, 3, 32, 32)
+    assert len(out.logits) == 1 and out.logits[0].shape == (2, 2, 32, 32)
+    prob = out.anomaly_prob
+    assert prob.shape == (2, 32, 32) and float(prob.min()) >= 0 and float(prob.max()) <= 1
+
+
+def test_deep_supervision_adds_a_head_after_every_decoder_block():
+    cfg = ModelConfig(**{**CFG.__dict__, "deep_supervision": True})
+    out = build_model(cfg, stage2=True).forward_stage2(torch.randn(1, 3, 32, 32))
+    assert len(out.logits) == cfg.decoder_depth + cfg.stage2_extra_blocks
+
+
+def test_stage1_weights_load_into_stage2_leaving_only_the_new_parts():
+    stage1 = build_model(CFG)
+    stage2 = build_model(CFG, stage2=True)
+    missing, unexpected = stage2.load_state_dict(stage1.state_dict(), strict=False)
+    assert not unexpected
+    assert missing and all(k.startswith(("stage2_blocks", "seg_")) for k in missing)
+
+
+def test_a_frozen_encoder_gets_no_gradient():
+    model = build_model(CFG, stage2=True)
+    model.set_encoder_frozen(True)
+    out = model(torch.randn(2, 3, 32, 32))
+    (out.recon.mean() + out.logits[-1].mean()).backward()
+    assert all(p.grad is None for p in model.encoder_parameters())
+    assert model.decoder_pred.weight.grad is not None
+
+
+def test_named_sizes_and_bad_shapes():
+    assert build_model(ModelConfig(size="tiny", image_size=32, patch_size=16)).cfg.embed_dim == 192
+    assert ModelConfig(size="large").resolved().depth == 24
+    with pytest.raises(ConfigError, match="multiple of patch size"):
+        ModelConfig(image_size=100, patch_size=16).resolved()
+    with pytest.raises(ConfigError, match="unknown model size"):
+        ModelConfig(size="huge").resolved()

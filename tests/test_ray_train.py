@@ -1,0 +1,37 @@
+"""Both stages on a 2-worker Ray Train (CPU, gloo) group, writing the model artifact."""
+
+import json
+
+import pytest
+
+from raymae.artifact import ModelArtifact
+from raymae.ray_train import TrainJob, run_training
+from tests.conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthetic_dataset, tmp_path):
+    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(3, 2),
+                   workers=2, storage=str(tmp_path / "runs"))
+    artifact = run_training(job)
+    assert artifact.info["workers"] == 2
+    saved = ModelArtifact.load(job.out)
+    assert saved.model_id == artifact.model_id
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert meta["calibration"]["threshold"] > 0 and meta["config"]["stage1"]["epochs"] == 3
+    # every epoch left a checkpoint report; the run folder is where RunConfig put it
+    assert (tmp_path / "runs" / job.resolved_run_name()).is_dir()
+
+    # resubmitting the same job resumes the finished run instead of training again
+    again = run_training(job)
+    assert again.model_id == artifact.model_id

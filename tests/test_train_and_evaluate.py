@@ -1,0 +1,63 @@
+"""Training both stages in one process, calibrating, and evaluating like the literature."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raymae.artifact import ArtifactError, ModelArtifact
+from raymae.evaluate import evaluate, write_outputs
+
+
+def test_a_trained_model_finds_synthetic_defects(trained_artifact, synthetic_dataset):
+    result, _, _ = evaluate(trained_artifact, synthetic_dataset)
+    assert result.metrics["image_auroc"] > 0.9
+    assert result.metrics["pixel_auroc"] > 0.9
+    assert set(result.per_type) == {"scratch", "spot", "stain"}
+
+
+def test_the_loss_goes_down_in_both_stages(trained_artifact):
+    history = trained_artifact.info["history"]
+    for stage in (1, 2):
+        losses = [h["loss"] for h in history if h["stage"] == stage]
+        assert losses[-1] < losses[0]
+
+
+def test_the_threshold_is_calibrated_on_held_back_normals(trained_artifact):
+    c = trained_artifact.calibration
+    assert c.normal_scores["n"] == trained_artifact.info["holdout_images"] >= 2
+    assert c.normal_scores["p50"] <= c.threshold <= c.normal_scores["max"]
+    # the chosen map rule is the best one on validation data
+    chosen = f"{trained_artifact.config.anomaly_map.combination}/{trained_artifact.config.anomaly_map.score_rule}"
+    best = max(c.validation.values(), key=lambda r: r["image_auroc"] + r["pixel_auroc"])
+    assert c.validation[chosen] == best
+
+
+def test_the_artifact_round_trips_and_scores_identically(trained_artifact, synthetic_dataset, tmp_path):
+    trained_artifact.save(str(tmp_path / "model"))
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ModelArtifact.load(str(tmp_path / "model"))
+    assert loaded.model_id == trained_artifact.model_id
+    assert loaded.config == trained_artifact.config
+    a, _, pa = evaluate(trained_artifact, synthetic_dataset)
+    b, _, pb = evaluate(loaded, synthetic_dataset)
+    assert np.array_equal(pa.scores, pb.scores)
+
+
+def test_evaluate_writes_metrics_and_one_score_row_per_image(trained_artifact, synthetic_dataset, tmp_path):
+    result, test, pred = evaluate(trained_artifact, synthetic_dataset)
+    write_outputs(result, test, pred, str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
+        assert 0.0 <= metrics["metrics"][key] <= 1.0
+    assert set(metrics["per_type"]) == {"scratch", "spot", "stain"}
+    table = pq.read_table(tmp_path / "eval" / "scores.parquet").to_pandas()
+    assert len(table) == len(test.records)
+    assert {"image_uri", "score", "label"} <= set(table.columns)
+    assert table["label"].sum() == 18
+
+
+def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="no raymae model"):
+        ModelArtifact.load(str(tmp_path))
