@@ -28,6 +28,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 ModelSize = Literal["tiny", "small", "base", "large"]
 Combination = Literal["product", "prob", "recon", "mean"]
 ScoreRule = Literal["max", "mean", "topk"]
+PixelHead = Literal["linear", "fusion"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,6 +58,9 @@ class ModelConfig:
     # gets its own pixel-classification head (the paper's deep supervision).
     stage2_extra_blocks: int = 2
     deep_supervision: bool = False
+    # Pixel-classification head: "linear" (a linear layer per patch token, as the paper)
+    # or "fusion" (token features fused with two 3x3 convolutions over the input image).
+    pixel_head: PixelHead = "linear"
     norm_pix_loss: bool = False
 
     def resolved(self) -> "ModelConfig":
@@ -118,6 +122,8 @@ class CorruptionConfig:
     perlin_max_scale: int = 6
     perlin_threshold: float = 0.5
     blend_range: tuple[float, float] = (0.2, 1.0)  # opacity of the pasted texture
+    # Darken or brighten every corrupted region by this many grey levels (0, 0 = off).
+    intensity_shift: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass

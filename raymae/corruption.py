@@ -73,8 +73,13 @@ def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) 
         return _clean_sample(clean)
     kind = "perlin" if rng.random() < cfg.perlin_share else "self"
     draw = _perlin_corruption if kind == "perlin" else _self_corruption
+    grey = _is_grey(clean)
     for _ in range(MAX_ATTEMPTS):
-        out, mask = _enforce_mask_invariant(clean, *draw(clean, cfg, rng))
+        out, mask = draw(clean, cfg, rng)
+        out = _shift_intensity(out, mask, cfg.intensity_shift, rng)
+        if grey:  # a grey camera never sees colour: colour would be a trivial cue
+            out = _to_grey(out)
+        out, mask = _enforce_mask_invariant(clean, out, mask)
         if mask.any():
             return CorruptedSample(image=out, clean=clean, mask=mask, kind=kind)
     return _clean_sample(clean)
@@ -160,6 +165,33 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     return np.ascontiguousarray(image)
+
+
+def _shift_intensity(image: np.ndarray, mask: np.ndarray, shift_range: tuple[float, float],
+                     rng: np.random.Generator) -> np.ndarray:
+    """Darken or brighten the masked pixels by a random amount in ``shift_range`` grey levels.
+
+    Real surface defects (holes, cracks, stains, uneven regions) mostly differ in
+    intensity from their surroundings; a pasted copy of the same texture often does not.
+    """
+    lo, hi = shift_range
+    if hi <= 0:
+        return image
+    delta = rng.uniform(lo, hi) * (1 if rng.random() < 0.5 else -1)
+    out = image.astype(np.float64)
+    out[mask] += delta
+    return _to_uint8(out)
+
+
+def _is_grey(image: np.ndarray) -> bool:
+    """True when all three channels of an (H, W, 3) image are equal (a grayscale photo)."""
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def _to_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same with every channel set to the channel mean."""
+    grey = np.rint(image.astype(np.float64).mean(axis=-1)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def _clean_sample(clean: np.ndarray) -> CorruptedSample:

@@ -55,6 +55,28 @@ class Stage2Output:
         return self.logits[-1].softmax(dim=1)[:, 1]
 
 
+class PixelFusion(nn.Module):
+    """Per-pixel 2-class head that fuses decoder tokens with a shallow view of the input.
+
+    The tokens say *what* is wrong in a patch; the two 3x3 convolutions over the
+    image let the head place the boundary to the pixel, which a linear head per
+    patch learns only slowly from scratch.
+    token features (N, WIDTH, H, W) + image (N, C, H, W) -> logits (N, 2, H, W).
+    """
+
+    WIDTH = 16
+
+    def __init__(self, in_chans: int):
+        super().__init__()
+        w = self.WIDTH
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, w, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(w, w, 3, padding=1), nn.GELU())
+        self.fuse = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), nn.GELU(), nn.Conv2d(w, 2, 1))
+
+    def forward(self, tokens: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([tokens, stem], dim=1))
+
+
 class MaskedAutoencoderViT(nn.Module):
     """ViT MAE (stage 1) that grows the ISSTAD heads for stage 2."""
 
@@ -89,7 +111,10 @@ class MaskedAutoencoderViT(nn.Module):
                  for _ in range(cfg.stage2_extra_blocks)])
             n_heads = cfg.decoder_depth + cfg.stage2_extra_blocks if cfg.deep_supervision else 1
             self.seg_norms = nn.ModuleList([nn.LayerNorm(ddim, eps=1e-6) for _ in range(n_heads)])
-            self.seg_heads = nn.ModuleList([nn.Linear(ddim, p * p * 2) for _ in range(n_heads)])
+            width = 2 if cfg.pixel_head == "linear" else PixelFusion.WIDTH
+            self.seg_heads = nn.ModuleList([nn.Linear(ddim, p * p * width) for _ in range(n_heads)])
+            if cfg.pixel_head == "fusion":
+                self.pixel_fusion = PixelFusion(cfg.in_chans)
 
         self.encoder_frozen = False
         self._init_weights()
@@ -231,6 +256,7 @@ class MaskedAutoencoderViT(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
             latent, _, ids_restore = self.forward_encoder(imgs, mask_ratio=0.0)
         x = self._decoder_tokens(latent, ids_restore)
+        stem = self.pixel_fusion.stem(imgs) if self.cfg.pixel_head == "fusion" else None
         blocks = list(self.decoder_blocks) + list(self.stage2_blocks)
         logits = []
         for i, blk in enumerate(blocks):
@@ -238,7 +264,8 @@ class MaskedAutoencoderViT(nn.Module):
             head = i if self.cfg.deep_supervision else (0 if i == len(blocks) - 1 else None)
             if head is not None:
                 seg = self.seg_heads[head](self.seg_norms[head](x))[:, 1:, :]
-                logits.append(self.unpatchify(seg, chans=2))
+                seg = self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2)
+                logits.append(seg if stem is None else self.pixel_fusion(seg, stem))
         recon = self.unpatchify(self.decoder_pred(self.decoder_norm(x))[:, 1:, :])
         return Stage2Output(recon=recon, logits=logits)
 

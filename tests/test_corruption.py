@@ -156,3 +156,28 @@ def test_non_rgb_uint8_input_is_refused() -> None:
         corrupt(np.zeros((8, 8), np.uint8), ALWAYS, np.random.default_rng(0))
     with pytest.raises(ValueError):
         corrupt(np.zeros((8, 8, 3), np.float32), ALWAYS, np.random.default_rng(0))
+
+
+def test_corruptions_of_a_grey_image_stay_grey():
+    grey = np.random.default_rng(1).integers(0, 255, (48, 48), dtype=np.uint8)
+    image = np.repeat(grey[..., None], 3, axis=-1)
+    cfg = CorruptionConfig(clean_share=0.0)
+    for index in range(30):
+        s = corrupt_seeded(image, cfg, seed=5, index=index)
+        assert np.array_equal(s.image[..., 0], s.image[..., 1])
+        assert np.array_equal(s.image[..., 1], s.image[..., 2])
+        assert s.mask.any()
+
+
+def test_an_intensity_shift_darkens_or_brightens_the_corrupted_region_as_a_whole():
+    image = np.full((48, 48, 3), 128, dtype=np.uint8)
+    image[::2] = 120  # a faint texture
+    plain = CorruptionConfig(clean_share=0.0)
+    shifted = dataclasses.replace(plain, intensity_shift=(20.0, 40.0))
+    for index in range(20):
+        a = corrupt_seeded(image, plain, seed=9, index=index)
+        b = corrupt_seeded(image, shifted, seed=9, index=index)
+        assert b.mask.any() and np.array_equal(b.image[~b.mask], b.clean[~b.mask])
+        both = a.mask & b.mask  # the same shapes were drawn; the shift moved them as one
+        delta = b.image[both].astype(float) - a.image[both].astype(float)
+        assert 19 <= abs(delta.mean()) <= 41

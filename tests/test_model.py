@@ -99,3 +99,11 @@ def test_named_sizes_and_bad_shapes():
         ModelConfig(image_size=100, patch_size=16).resolved()
     with pytest.raises(ConfigError, match="unknown model size"):
         ModelConfig(size="huge").resolved()
+
+
+def test_the_fusion_head_gives_pixel_logits_for_every_supervised_block():
+    cfg = ModelConfig(**{**CFG.__dict__, "pixel_head": "fusion", "deep_supervision": True})
+    model = build_model(cfg, stage2=True)
+    out = model.forward_stage2(torch.randn(2, 3, 32, 32))
+    assert [tuple(lg.shape) for lg in out.logits] == [(2, 2, 32, 32)] * 3
+    assert model.seg_heads[0].out_features == 8 * 8 * model.pixel_fusion.WIDTH

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(s3_server):
+    """Local Ray started after the S3 variables are set, so its workers inherit them."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -35,3 +36,17 @@ def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthet
     # resubmitting the same job resumes the finished run instead of training again
     again = run_training(job)
     assert again.model_id == artifact.model_id
+
+
+def test_data_checkpoints_and_artifact_can_all_live_in_s3(ray_local, synthetic_dataset, s3_bucket):
+    from raymae import storage
+
+    fs, _ = storage.resolve(s3_bucket)
+    fs.put(synthetic_dataset + "/", s3_bucket + "/data/", recursive=True)
+    job = TrainJob(data=s3_bucket + "/data", out=s3_bucket + "/models/m1", config=tiny_recipe(2, 1),
+                   workers=2, storage=s3_bucket + "/runs")
+    artifact = run_training(job)
+    fs.invalidate_cache()
+    assert fs.exists(f"{s3_bucket}/models/m1/model.safetensors")
+    assert fs.exists(f"{s3_bucket}/runs/{job.resolved_run_name()}")
+    assert ModelArtifact.load(job.out).model_id == artifact.model_id
