@@ -38,17 +38,19 @@ RECIPES: dict[str, RaymaeConfig] = {
     # fits in 45 minutes on 2 CPU cores
     "cpu": RaymaeConfig(
         model=ModelConfig(size="tiny", image_size=128, patch_size=8, depth=6, decoder_depth=2,
-                          stage2_extra_blocks=2),
-        stage1=Stage1Config(epochs=60, batch_size=32, lr=1.5e-3, warmup_epochs=3),
-        stage2=Stage2Config(epochs=50, batch_size=32, lr=1e-3, warmup_epochs=2),
-        corruption=CorruptionConfig(),
+                          stage2_extra_blocks=2, pixel_head="fusion"),
+        stage1=Stage1Config(epochs=40, batch_size=32, lr=1.5e-3, warmup_epochs=3),
+        stage2=Stage2Config(epochs=40, batch_size=32, lr=4e-3, warmup_epochs=2, freeze_encoder=False),
+        corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=4),
         anomaly_map=AnomalyMapConfig(sigma=2.0),
     ),
     # ViT-B at 224 px, patch 16, for a GPU
     "gpu": RaymaeConfig(
-        model=ModelConfig(size="base", image_size=224, patch_size=16, stage2_extra_blocks=2),
+        model=ModelConfig(size="base", image_size=224, patch_size=16, stage2_extra_blocks=2,
+                          pixel_head="fusion"),
         stage1=Stage1Config(epochs=300, batch_size=64, lr=1.5e-4, warmup_epochs=20),
-        stage2=Stage2Config(epochs=100, batch_size=32, lr=1e-4, warmup_epochs=5),
+        stage2=Stage2Config(epochs=100, batch_size=32, lr=1e-3, warmup_epochs=5, freeze_encoder=False),
+        corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=5),
         anomaly_map=AnomalyMapConfig(sigma=4.0),
     ),
 }

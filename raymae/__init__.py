@@ -1,0 +1,8 @@
+"""raymae: unsupervised visual anomaly detection (ISSTAD two-stage MAE) on Ray.
+
+Entry points: ``raymae.cli`` (the ``raymae`` command), ``raymae.train.train_local``
+and ``raymae.ray_train.run_training`` (training), ``raymae.artifact.ModelArtifact``
+(a trained model folder) and ``raymae.inference.Predictor`` (the inference path).
+"""
+
+__version__ = "0.1.0"

@@ -45,6 +45,14 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-ratio", type=float)
     g.add_argument("--deep-supervision", action="store_true", default=None,
                    help="a pixel-classification head after every decoder block")
+    g.add_argument("--pixel-head", choices=["linear", "fusion"],
+                   help="stage-2 pixel classifier: linear per patch (paper) or fused with 3x3 convolutions")
+    g.add_argument("--train-encoder", action="store_true", default=None,
+                   help="train the encoder in stage 2 too (it is frozen by default)")
+    g.add_argument("--foreground-only", action="store_true", default=None,
+                   help="keep synthetic defects on the object (object categories, plain background)")
+    g.add_argument("--target-fpr", type=float,
+                   help="share of normal images the calibrated threshold may flag (default 0.01)")
     g.add_argument("--seed", type=int)
 
 
@@ -54,7 +62,8 @@ def recipe_from_args(args: argparse.Namespace) -> RaymaeConfig:
         cfg = RaymaeConfig.from_dict(_merge(cfg.to_dict(), json.loads(Path(args.config).read_text())))
     model = {k: v for k, v in dict(size=args.model_size, image_size=args.image_size,
                                    patch_size=args.patch_size,
-                                   deep_supervision=args.deep_supervision).items() if v is not None}
+                                   deep_supervision=args.deep_supervision,
+                                   pixel_head=args.pixel_head).items() if v is not None}
     cfg.model = dataclasses.replace(cfg.model, **model)
     for stage, epochs in ((cfg.stage1, args.stage1_epochs), (cfg.stage2, args.stage2_epochs)):
         if epochs is not None:
@@ -65,6 +74,14 @@ def recipe_from_args(args: argparse.Namespace) -> RaymaeConfig:
         if not 0 <= args.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), not {args.mask_ratio}")
         cfg.stage1.mask_ratio = args.mask_ratio
+    if args.foreground_only:
+        cfg.corruption.foreground_only = True
+    if args.target_fpr is not None:
+        if not 0 < args.target_fpr < 1:
+            raise ConfigError(f"--target-fpr must be between 0 and 1, not {args.target_fpr}")
+        cfg.calibration.target_fpr = args.target_fpr
+    if args.train_encoder:
+        cfg.stage2.freeze_encoder = False
     if args.seed is not None:
         cfg.seed = args.seed
     cfg.model.resolved()  # validates size / patch / widths now, not on the workers

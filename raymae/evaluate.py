@@ -36,15 +36,10 @@ class EvaluationResult:
 def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
                     fpr_limit: float = 0.3) -> dict[str, float]:
     """The five headline metrics; pixel metrics are NaN where the split has no defect pixels."""
-    out = {"image_auroc": metrics.image_auroc(labels, scores),
-           "image_f1_max": metrics.f1_max(labels, scores)}
-    if masks.any():
-        out.update(pixel_auroc=metrics.pixel_auroc(masks, maps),
-                   aupro=metrics.aupro(masks, maps, fpr_limit=fpr_limit),
-                   pixel_ap=metrics.pixel_ap(masks, maps))
-    else:
-        out.update(pixel_auroc=float("nan"), aupro=float("nan"), pixel_ap=float("nan"))
-    return out
+    nan = float("nan")
+    pixel = (metrics.pixel_metrics(masks, maps, fpr_limit) if masks.any()
+             else {"pixel_auroc": nan, "pixel_ap": nan, "aupro": nan})
+    return {**metrics.image_metrics(labels, scores), **pixel}
 
 
 def per_type_metrics(test: data.ImageSet, pred: Prediction) -> dict[str, dict[str, float]]:

@@ -55,6 +55,10 @@ class Stage2Output:
         return self.logits[-1].softmax(dim=1)[:, 1]
 
 
+# Parameters that exist only in the stage-2 network (everything else comes from stage 1).
+STAGE2_PREFIXES = ("stage2_blocks", "seg_", "pixel_fusion")
+
+
 class PixelFusion(nn.Module):
     """Per-pixel 2-class head that fuses decoder tokens with a shallow view of the input.
 

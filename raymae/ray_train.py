@@ -10,13 +10,14 @@ The last checkpoint carries the finished, calibrated model artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,21 +39,41 @@ ARTIFACT_DIR = "artifact"
 
 
 # ------------------------------------------------------------------ checkpoints
+@dataclass
+class RunLog:
+    """What a run has done so far, carried from checkpoint to checkpoint.
+
+    history: one {"stage", "epoch", "loss"} per finished epoch;
+    resumes: one {"stage", "epoch"} per restart from a checkpoint (after a worker
+    failure or a resubmission), naming the epochs that were already done.
+    """
+
+    history: list = field(default_factory=list)
+    resumes: list = field(default_factory=list)
+
+
 def save_state(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               stage: int, epochs_done: int) -> None:
-    """A resumable checkpoint: weights (safetensors), optimiser state, (stage, epochs done)."""
+               stage: int, epochs_done: int, run_log: RunLog) -> None:
+    """A resumable checkpoint: weights (safetensors), optimiser state, (stage, epochs done), log."""
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               os.path.join(folder, MODEL_FILE))
     torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
-    Path(folder, STATE_FILE).write_text(json.dumps({"stage": stage, "epoch": epochs_done}))
+    _write_meta(folder, stage, epochs_done, run_log)
 
 
-def load_state(folder: str) -> TrainState:
+def _write_meta(folder: str, stage, epochs_done: int, run_log: RunLog) -> None:
+    meta = {"stage": stage, "epoch": epochs_done, **dataclasses.asdict(run_log)}
+    Path(folder, STATE_FILE).write_text(json.dumps(meta))
+
+
+def load_state(folder: str) -> tuple[TrainState, RunLog]:
     meta = json.loads(Path(folder, STATE_FILE).read_text())
+    run_log = RunLog(meta.get("history", []), meta.get("resumes", []))
     if meta["stage"] == "done":
-        return TrainState(stage=3)
+        return TrainState(stage=3), run_log
     optimizer = torch.load(os.path.join(folder, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
-    return TrainState(meta["stage"], meta["epoch"], load_file(os.path.join(folder, MODEL_FILE)), optimizer)
+    state = TrainState(meta["stage"], meta["epoch"], load_file(os.path.join(folder, MODEL_FILE)), optimizer)
+    return state, run_log
 
 
 # ------------------------------------------------------------------ worker
@@ -67,27 +88,29 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
 
-    state = TrainState()
+    state, run_log = TrainState(), RunLog()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = load_state(folder)
+            state, run_log = load_state(folder)
+        if state.stage == 3:
+            return  # the run had finished; its last checkpoint holds the artifact
+        run_log.resumes.append({"stage": state.stage, "epoch": state.epoch})
         log.info("rank %d resumes at stage %s after %d epoch(s)", rank, state.stage, state.epoch)
-    if state.stage == 3:
-        return  # the run had finished; its last checkpoint holds the artifact
 
     training = load_training_data(config["data"], cfg)
     fresh = checkpoint is None
     init_state = load_init_weights(config["init"], cfg.model).state_dict if config.get("init") and fresh else None
 
     def report(result: EpochResult, model, optimizer) -> None:
+        run_log.history.append({"stage": result.stage, "epoch": result.epoch + 1, "loss": result.loss})
         if rank == 0:
             log_epoch(result)
         metrics = {"stage": result.stage, "epoch": result.epoch + 1, "loss": result.loss, **result.parts}
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
-                save_state(folder, model, optimizer, result.stage, result.epoch + 1)
+                save_state(folder, model, optimizer, result.stage, result.epoch + 1, run_log)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ckpt)
 
@@ -98,10 +121,11 @@ def train_loop_per_worker(config: dict) -> None:
     with tempfile.TemporaryDirectory() as folder:
         ckpt = None
         if rank == 0:
-            info = {"init": config.get("init"), "workers": world, "run_name": config["run_name"]}
+            info = {"init": config.get("init"), "workers": world, "run_name": config["run_name"],
+                    **dataclasses.asdict(run_log)}
             artifact = finish_artifact(model, training, cfg, info, device)
             artifact.save(os.path.join(folder, ARTIFACT_DIR))
-            Path(folder, STATE_FILE).write_text(json.dumps({"stage": "done", "epoch": 0}))
+            _write_meta(folder, "done", 0, run_log)
             ckpt = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({"stage": 3, "epoch": 0, "loss": float("nan")}, checkpoint=ckpt)
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from raymae.config import RaymaeConfig, Stage1Config, Stage2Config
 from raymae.corruption import corrupt_seeded
 from raymae.inference import to_model_input, to_unit_range
-from raymae.model import MaskedAutoencoderViT, Stage2Output, build_model
+from raymae.model import STAGE2_PREFIXES, MaskedAutoencoderViT, Stage2Output, build_model
 
 
 # ------------------------------------------------------------------ datasets
@@ -199,7 +199,9 @@ def train_two_stages(cfg: RaymaeConfig, images: np.ndarray, device: torch.device
         stage2.load_state_dict(state.model_state)
     else:
         missing, unexpected = stage2.load_state_dict(stage1.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith(("stage2_blocks", "seg_")) for k in missing), missing
+        foreign = list(unexpected) + [k for k in missing if not k.startswith(STAGE2_PREFIXES)]
+        if foreign:
+            raise RuntimeError(f"stage-1 weights do not fit the stage-2 network: {foreign[:5]}")
     stage2.set_encoder_frozen(cfg.stage2.freeze_encoder)
     _run_stage(cfg, 2, stage2, CorruptedImages(images, cfg), device, state, wrap_model, wrap_loader,
                world_size, loader_workers, hook)

@@ -46,9 +46,10 @@ def test_flags_override_the_config_file(tmp_path):
     (tmp_path / "recipe.json").write_text(json.dumps({"stage1": {"epochs": 7, "mask_ratio": 0.5}}))
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--config",
                                       str(tmp_path / "recipe.json"), "--stage2-epochs", "4",
-                                      "--model-size", "small"])
+                                      "--model-size", "small", "--pixel-head", "fusion", "--train-encoder"])
     cfg = recipe_from_args(args)
     assert (cfg.stage1.epochs, cfg.stage1.mask_ratio, cfg.stage2.epochs, cfg.model.size) == (7, 0.5, 4, "small")
+    assert cfg.model.pixel_head == "fusion" and not cfg.stage2.freeze_encoder
 
 
 def test_evaluate_prints_a_table_and_writes_its_files(capsys, trained_artifact, synthetic_dataset, tmp_path):

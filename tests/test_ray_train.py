@@ -1,6 +1,11 @@
 """Both stages on a 2-worker Ray Train (CPU, gloo) group, writing the model artifact."""
 
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -49,4 +54,46 @@ def test_data_checkpoints_and_artifact_can_all_live_in_s3(ray_local, synthetic_d
     fs.invalidate_cache()
     assert fs.exists(f"{s3_bucket}/models/m1/model.safetensors")
     assert fs.exists(f"{s3_bucket}/runs/{job.resolved_run_name()}")
+    assert ModelArtifact.load(job.out).model_id == artifact.model_id
+
+
+def _train_worker_pids() -> list[int]:
+    """PIDs of live Ray Train worker processes (Ray titles them ray::RayTrainWorker...)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ray::RayTrainWorker" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, synthetic_dataset, tmp_path):
+    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(6, 3),
+                   workers=2, storage=str(tmp_path / "runs"), max_failures=2)
+    run_dir = tmp_path / "runs" / job.resolved_run_name()
+    killed: list[int] = []
+
+    def kill_a_worker_after_two_epochs() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            done = [json.loads(p.read_text()) for p in run_dir.glob("checkpoint_*/state.json")]
+            pids = _train_worker_pids()
+            if pids and any(d["stage"] == 1 and d["epoch"] >= 2 for d in done):
+                os.kill(pids[-1], signal.SIGKILL)
+                killed.append(pids[-1])
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_worker_after_two_epochs, daemon=True)
+    killer.start()
+    artifact = run_training(job)
+    killer.join()
+
+    assert killed, "no worker was killed"
+    resumes = artifact.info["resumes"]
+    assert len(resumes) == 1 and resumes[0]["epoch"] >= 1  # not restarted from zero
+    # every epoch of both stages appears exactly once in the carried history
+    epochs = [(h["stage"], h["epoch"]) for h in artifact.info["history"]]
+    assert epochs == [(1, e) for e in range(1, 7)] + [(2, e) for e in range(1, 4)]
     assert ModelArtifact.load(job.out).model_id == artifact.model_id
