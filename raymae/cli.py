@@ -179,7 +179,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="raymae-demo-"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="raymae-demo-")).resolve()
     data_dir, model_dir, eval_dir = workdir / "data", workdir / "model", workdir / "evaluation"
     base = ["--model-size", "tiny", "--image-size", "64", "--patch-size", "8", "--batch-size", "16"]
     steps = [

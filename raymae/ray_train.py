@@ -169,6 +169,10 @@ def run_training(job: TrainJob) -> ModelArtifact:
     from ray.train.torch import TorchTrainer
 
     start = time.time()
+    # Workers do not share the driver's working directory: make local paths absolute.
+    init = job.init and (storage.absolute_uri(job.init) if os.path.exists(job.init) else job.init)
+    job = dataclasses.replace(job, data=storage.absolute_uri(job.data), out=storage.absolute_uri(job.out),
+                              storage=storage.absolute_uri(job.storage), init=init)
     name = job.resolved_run_name()
     trainer = TorchTrainer(
         train_loop_per_worker,

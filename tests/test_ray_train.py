@@ -26,9 +26,10 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
-def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthetic_dataset, tmp_path):
-    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(3, 2),
-                   workers=2, storage=str(tmp_path / "runs"))
+def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthetic_dataset, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths must reach the workers too
+    job = TrainJob(data=synthetic_dataset, out="model", config=tiny_recipe(3, 2), workers=2, storage="runs")
     artifact = run_training(job)
     assert artifact.info["workers"] == 2
     saved = ModelArtifact.load(job.out)
@@ -36,7 +37,7 @@ def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthet
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
     assert meta["calibration"]["threshold"] > 0 and meta["config"]["stage1"]["epochs"] == 3
     # every epoch left a checkpoint report; the run folder is where RunConfig put it
-    assert (tmp_path / "runs" / job.resolved_run_name()).is_dir()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [artifact.info["run_name"]]
 
     # resubmitting the same job resumes the finished run instead of training again
     again = run_training(job)
