@@ -36,6 +36,7 @@ STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 ARTIFACT_DIR = "artifact"
+DONE = 3  # TrainState.stage of a run whose artifact is written
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -70,7 +71,7 @@ def load_state(folder: str) -> tuple[TrainState, RunLog]:
     meta = json.loads(Path(folder, STATE_FILE).read_text())
     run_log = RunLog(meta.get("history", []), meta.get("resumes", []))
     if meta["stage"] == "done":
-        return TrainState(stage=3), run_log
+        return TrainState(stage=DONE), run_log
     optimizer = torch.load(os.path.join(folder, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
     state = TrainState(meta["stage"], meta["epoch"], load_file(os.path.join(folder, MODEL_FILE)), optimizer)
     return state, run_log
@@ -93,7 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state, run_log = load_state(folder)
-        if state.stage == 3:
+        if state.stage == DONE:
             return  # the run had finished; its last checkpoint holds the artifact
         run_log.resumes.append({"stage": state.stage, "epoch": state.epoch})
         log.info("rank %d resumes at stage %s after %d epoch(s)", rank, state.stage, state.epoch)
@@ -103,10 +104,10 @@ def train_loop_per_worker(config: dict) -> None:
     init_state = load_init_weights(config["init"], cfg.model).state_dict if config.get("init") and fresh else None
 
     def report(result: EpochResult, model, optimizer) -> None:
-        run_log.history.append({"stage": result.stage, "epoch": result.epoch + 1, "loss": result.loss})
+        run_log.history.append(result.record())
         if rank == 0:
             log_epoch(result)
-        metrics = {"stage": result.stage, "epoch": result.epoch + 1, "loss": result.loss, **result.parts}
+        metrics = {**result.record(), **result.parts}
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
@@ -127,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
             artifact.save(os.path.join(folder, ARTIFACT_DIR))
             _write_meta(folder, "done", 0, run_log)
             ckpt = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({"stage": 3, "epoch": 0, "loss": float("nan")}, checkpoint=ckpt)
+        ray.train.report({"stage": DONE, "epoch": 0, "loss": float("nan")}, checkpoint=ckpt)
 
 
 # ------------------------------------------------------------------ driver

@@ -67,7 +67,7 @@ def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | No
     history: list[dict] = []
 
     def hook(result: EpochResult, model, optimizer) -> None:
-        history.append({"stage": result.stage, "epoch": result.epoch + 1, "loss": result.loss})
+        history.append(result.record())
         log_epoch(result)
         if on_epoch_end:
             on_epoch_end(result, model, optimizer)

@@ -117,6 +117,10 @@ class EpochResult:
     seconds: float
     parts: dict[str, float] = field(default_factory=dict)
 
+    def record(self) -> dict:
+        """The epoch as one loss-history entry (epochs counted from 1)."""
+        return {"stage": self.stage, "epoch": self.epoch + 1, "loss": self.loss}
+
 
 EpochHook = Callable[[EpochResult, MaskedAutoencoderViT, torch.optim.Optimizer], None]
 
