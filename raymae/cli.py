@@ -1,4 +1,4 @@
-"""The ``raymae`` command line: train, evaluate, synth, demo."""
+"""The ``raymae`` command line: train, evaluate, score, synth, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
@@ -119,13 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=32)
     e.add_argument("--gpu", action="store_true")
 
+    sc = sub.add_parser("score", help="score image files and tar shards with Ray Data into Parquet",
+                        description="Score every image under the inputs and write one Parquet partition "
+                                    "<output>/date=YYYY-MM-DD/ (rerunning a date replaces it). "
+                                    "{date} in --input and --output is replaced by the date.")
+    sc.add_argument("--input", required=True, nargs="+", metavar="URI",
+                    help="prefixes (recursive), globs or files, local or s3://; images and .tar shards")
+    sc.add_argument("--model", required=True, help="model folder written by raymae train")
+    sc.add_argument("--output", required=True, help="dataset root, local or s3://")
+    sc.add_argument("--date", required=True, help="the partition to write, YYYY-MM-DD")
+    sc.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
+    sc.add_argument("--actors", type=_positive, default=1, help="model replicas (default 1)")
+    sc.add_argument("--gpu", action="store_true", help="one GPU per model replica")
+    sc.add_argument("--cpus-per-actor", type=float, default=1.0,
+                    help="CPUs reserved by each model replica, also its torch threads on CPU (default 1)")
+    sc.add_argument("--heatmap-size", type=_positive, default=64, help="heatmap PNG side (default 64)")
+
     s = sub.add_parser("synth", help="write a synthetic MVTec-AD style dataset")
     s.add_argument("--out", required=True)
     s.add_argument("--size", type=_positive, default=64)
     s.add_argument("--train", type=_positive, default=120)
     s.add_argument("--seed", type=int, default=0)
 
-    d = sub.add_parser("demo", help="synthesise data, train on local Ray, evaluate: the whole path in minutes")
+    d = sub.add_parser("demo", help="synthesise data, train on local Ray, evaluate, score: the whole path in minutes")
     d.add_argument("--workdir", default=None, help="where data, model and results go (default: a temp dir)")
     d.add_argument("--workers", type=_positive, default=2)
     return parser
@@ -170,6 +187,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from raymae.scoring import ScoreOptions, parse_date, plan, run
+
+    date = parse_date(args.date)
+    opts = ScoreOptions(date=date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
+                        cpus_per_actor=args.cpus_per_actor, heatmap_size=args.heatmap_size)
+    work = plan([u.replace("{date}", date) for u in args.input], args.model,
+                args.output.replace("{date}", date), opts)  # all checks before Ray starts
+    _init_ray()
+    print(run(work).format())
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from raymae.synthetic import write_mvtec_dataset
 
@@ -187,6 +217,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ["train", "--data", str(data_dir), "--out", str(model_dir), "--workers", str(args.workers),
          "--storage", str(workdir / "runs"), "--stage1-epochs", "20", "--stage2-epochs", "15", *base],
         ["evaluate", "--data", str(data_dir), "--model", str(model_dir), "--output", str(eval_dir)],
+        # tonight's "factory dump" is the synthetic test folder, scored into a date partition
+        ["score", "--input", str(data_dir / "test"), "--model", str(model_dir),
+         "--output", str(workdir / "scores"), "--date", datetime.now(timezone.utc).date().isoformat()],
     ]
     for step in steps:
         print(f"\n$ raymae {' '.join(step)}", flush=True)
@@ -204,7 +237,8 @@ def _init_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "synth": cmd_synth, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "synth": cmd_synth,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

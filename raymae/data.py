@@ -14,6 +14,7 @@ and every image is resized to the model's square input size.
 from __future__ import annotations
 
 import io
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,18 +32,67 @@ class DataError(ValueError):
 
 
 # ------------------------------------------------------------------ decoding
-def decode_image(data: bytes) -> Image.Image:
-    """Bytes -> RGB PIL image; raises DataError with the reason when it cannot."""
+# Images with more pixels than this are refused as possible decompression bombs
+# (Pillow's own warning limit; Pillow refuses outright at twice this).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+@dataclass
+class DecodedImage:
+    """pixels: (size, size, 3) uint8, resized for the model; height/width: the original size."""
+
+    pixels: np.ndarray
+    height: int
+    width: int
+
+
+def load_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Image bytes -> RGB pixels at the model's square size, the one decoder everything uses.
+
+    Training, evaluation, calibration and nightly scoring all decode through
+    here, so one file gives the same pixels (and the same score) everywhere.
+    Raises :class:`DataError` with the reason for an empty, truncated or
+    unreadable file and for one larger than ``max_pixels``. (Truncated files
+    fail because Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is off, its
+    default; raymae never turns it on, so nothing is silently padded.)
+    """
+    img = _open(data, max_pixels)
+    width, height = img.size
+    img.draft(None, (size, size))  # JPEG: let the decoder downscale by 2/4/8 when the file is large
+    try:
+        img.load()
+    except Exception as e:  # truncated data, broken streams: Pillow raises many types
+        raise DataError(f"not a readable image: {e}") from e
+    return DecodedImage(resize_rgb(to_rgb(img), size), height, width)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> full-size RGB PIL image; raises DataError with the reason when it cannot."""
+    img = _open(data, max_pixels)
+    try:
+        img.load()
+    except Exception as e:
+        raise DataError(f"not a readable image: {e}") from e
+    return to_rgb(img)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only and check the pixel count before anything is decoded."""
     if not data:
         raise DataError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise DataError(f"image too large: {e}") from e
-    except Exception as e:  # Pillow raises many types for broken files
+        raise DataError(f"image too large, refused as a possible decompression bomb: {e}") from e
+    except Exception as e:
         raise DataError(f"not a readable image: {e}") from e
-    return to_rgb(img)
+    width, height = img.size
+    if width * height > max_pixels:
+        raise DataError(f"image too large, refused as a possible decompression bomb: "
+                        f"{width}x{height} = {width * height} pixels, limit {max_pixels}")
+    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -174,7 +224,7 @@ def load_images(records: list[ImageRecord], size: int, threads: int = 8) -> Imag
 
     def load(rec: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
         try:
-            image = resize_rgb(decode_image(storage.read_bytes(rec.uri)), size)
+            image = load_image(storage.read_bytes(rec.uri), size).pixels
         except DataError as e:
             raise DataError(f"{rec.uri}: {e}") from e
         mask = (decode_mask(storage.read_bytes(rec.mask_uri), size) if rec.mask_uri

@@ -158,10 +158,8 @@ def ray_storage(uri: str) -> dict:
     """RunConfig storage arguments: s3:// through raymae's filesystem layer (same endpoint/credentials)."""
     if not storage.is_remote(uri):
         return {"storage_path": storage.absolute_uri(uri)}
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = storage.resolve(uri)
-    return {"storage_path": path, "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
+    filesystem, path = storage.arrow_filesystem(uri)
+    return {"storage_path": path, "storage_filesystem": filesystem}
 
 
 def run_training(job: TrainJob) -> ModelArtifact:

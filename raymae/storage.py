@@ -77,3 +77,18 @@ def write_bytes(uri: str, data: bytes) -> None:
 def absolute_uri(uri: str) -> str:
     """A local path made absolute (Ray's storage_path needs that); URIs unchanged."""
     return uri if is_remote(uri) else str(Path(uri.split("://", 1)[-1]).expanduser().resolve())
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow filesystem, path) for Ray's writers, through the same fsspec layer as everything else.
+
+    Local paths become absolute (Ray workers do not share the driver's working
+    directory); ``s3://`` goes through s3fs, so the endpoint and credentials are
+    the same ones every other read and write uses.
+    """
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if not is_remote(uri):
+        return LocalFileSystem(), absolute_uri(uri)
+    fs, path = resolve(uri)
+    return PyFileSystem(FSSpecHandler(fs)), path

@@ -73,3 +73,21 @@ def s3_bucket(s3_server):
     fs.mkdir(name)
     fs.invalidate_cache()
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """Local Ray started after the S3 variables are set, so its workers inherit them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def model_dir(trained_artifact, tmp_path_factory) -> str:
+    """The shared trained model, saved as a model folder."""
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    trained_artifact.save(str(path))
+    return str(path)

@@ -65,3 +65,19 @@ def test_evaluate_without_a_model_says_so(capsys, synthetic_dataset, tmp_path):
     code, _, err = run(capsys, "evaluate", "--data", synthetic_dataset, "--model", str(tmp_path),
                        "--output", str(tmp_path / "eval"))
     assert code == 2 and "no raymae model" in err
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_path_from_synthetic_data_to_nightly_parquet(ray_local, tmp_path, capsys):
+    import pyarrow.dataset as pds
+
+    code = main(["demo", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["metrics"]
+    assert metrics["image_auroc"] > 0.8  # the synthetic defects are easy
+    (partition,) = (tmp_path / "scores").iterdir()
+    table = pds.dataset(str(partition), format="parquet").to_table()
+    assert table.num_rows == len(list((tmp_path / "data" / "test").glob("*/*.png")))
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert "anomalous" in out and "images/s" in out

@@ -16,16 +16,6 @@ from tests.conftest import tiny_recipe
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local(s3_server):
-    """Local Ray started after the S3 variables are set, so its workers inherit them."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthetic_dataset, tmp_path,
                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths must reach the workers too

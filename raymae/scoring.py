@@ -1,0 +1,367 @@
+"""Nightly scoring: image files and tar shards -> Ray Data -> the model -> Parquet.
+
+The pipeline reads top to bottom::
+
+    sources (listed on the driver, grouped: up to 32 loose files, or one tar)
+      -> read_group      CPU tasks: bytes of every image, or why not (never raises)
+      -> decode_images   CPU tasks: pixels at the model's size, original height/width
+      -> ScoreImages     actor pool: the model (GPU if asked), scores and small heatmaps
+      -> to_output_rows  CPU tasks: PNG heatmaps, the output schema
+      -> write_parquet   into a staging folder, then swapped in as <output>/date=YYYY-MM-DD/
+
+Scoring calls :class:`raymae.inference.Predictor`, the path ``raymae evaluate``
+uses, so an image gets the same score through both. One row comes out per
+image in; a file that cannot be read or decoded is a row with
+``status='error'`` and the reason. Rerunning a date replaces that date's
+partition only after the new one is completely written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raymae import heatmap, storage
+from raymae.data import MAX_PIXELS, DataError, load_image
+from raymae.sources import MAX_FILE_BYTES, TAR, Listing, Source, list_sources, read_sources
+
+if TYPE_CHECKING:  # torch and timm load only where the model runs, not in every CPU task
+    from raymae.artifact import ModelArtifact
+
+log = logging.getLogger("raymae.scoring")
+
+# The output contract (README "Scoring output"); the partition column ``date``
+# lives in the folder name (Hive style: <output>/date=YYYY-MM-DD/part-00000.parquet).
+OUTPUT_SCHEMA = pa.schema([
+    ("image_uri", pa.string()),       # the file, or archive.tar#member
+    ("source_uri", pa.string()),      # the file or archive it came from
+    ("score", pa.float32()),          # image anomaly score (null when status = 'error')
+    ("is_anomalous", pa.bool_()),     # score >= threshold (null when status = 'error')
+    ("threshold", pa.float32()),      # the model's calibrated threshold
+    ("heatmap_png", pa.binary()),     # 8-bit PNG: map ~= pixel / 255 * heatmap_max
+    ("heatmap_max", pa.float32()),    # the anomaly map's maximum (the PNG's 255)
+    ("height", pa.int32()),           # original image size (null when undecodable)
+    ("width", pa.int32()),
+    ("status", pa.string()),          # 'ok' | 'error'
+    ("error", pa.string()),           # why, null when ok
+    ("model_id", pa.string()),        # SHA-256 prefix of the model weights
+    ("scored_at", pa.timestamp("us", tz="UTC")),
+])
+PARTITION = "date"
+STAGING = "_staging"  # leading underscore: ignored by Spark, pyarrow datasets and Athena
+FILES_PER_GROUP = 32
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass
+class ScoreOptions:
+    date: str
+    batch_size: int = 32            # images per model call
+    actors: int = 1                 # model replicas (one GPU each with gpu=True)
+    gpu: bool = False
+    cpus_per_actor: float = 1.0     # also the actor's torch threads on CPU
+    heatmap_size: int = 64          # heatmap PNG side in pixels
+    decode_batch_size: int = 32
+    max_pixels: int = MAX_PIXELS
+    max_file_bytes: int = MAX_FILE_BYTES
+
+    def __post_init__(self):
+        self.date = parse_date(self.date)
+        for name in ("batch_size", "actors", "heatmap_size", "decode_batch_size", "max_pixels",
+                     "max_file_bytes"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if not self.cpus_per_actor > 0:
+            raise DataError(f"cpus-per-actor must be above 0, not {self.cpus_per_actor}")
+
+
+@dataclass
+class ScoreSummary:
+    output: str                     # the partition written
+    images: int
+    ok: int
+    errors: int
+    anomalous: int
+    seconds: float
+    model_id: str
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def format(self) -> str:
+        lines = [f"images {self.images}  ok {self.ok}  errors {self.errors}  anomalous {self.anomalous}  "
+                 f"({self.images_per_second:.1f} images/s over {self.seconds:.1f} s)",
+                 f"model {self.model_id}  output {self.output}"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} files that are neither images nor tar shards, "
+                         f"e.g. {self.skipped[0]}")
+        return "\n".join(lines)
+
+
+def parse_date(value: str) -> str:
+    """'YYYY-MM-DD' checked to be a real calendar date."""
+    try:
+        if not _DATE.match(value):
+            raise ValueError
+        return Date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError):
+        raise DataError(f"date must be a calendar date written YYYY-MM-DD, not {value!r}") from None
+
+
+def partition_uri(output: str, date: str) -> str:
+    return storage.join(output, f"{PARTITION}={date}")
+
+
+# ------------------------------------------------------------------ stages
+def group_sources(sources: list[Source], files_per_group: int = FILES_PER_GROUP) -> list[dict]:
+    """One read task each: up to ``files_per_group`` loose files, or a single tar."""
+    loose = [s for s in sources if s.kind != TAR]
+    groups = [loose[i:i + files_per_group] for i in range(0, len(loose), files_per_group)]
+    groups += [[s] for s in sources if s.kind == TAR]
+    return [{"uris": [s.uri for s in g], "kinds": [s.kind for s in g], "sizes": [s.size for s in g]}
+            for g in groups]
+
+
+RAW_SCHEMA = pa.schema([("image_uri", pa.string()), ("source_uri", pa.string()),
+                        ("data", pa.binary()), ("error", pa.string())])
+
+
+def read_group(batch: dict, max_file_bytes: int = MAX_FILE_BYTES, chunk: int = 32) -> Iterator[pa.Table]:
+    """A batch of source groups -> tables of raw bytes, ``chunk`` rows at a time (tars stream)."""
+    sources = [Source(str(u), str(k), int(n))
+               for uris, kinds, sizes in zip(batch["uris"], batch["kinds"], batch["sizes"])
+               for u, k, n in zip(uris, kinds, sizes)]
+    rows: list = []
+    for raw in read_sources(sources, max_file_bytes=max_file_bytes):
+        rows.append(raw)
+        if len(rows) >= chunk:
+            yield _raw_table(rows)
+            rows = []
+    if rows:
+        yield _raw_table(rows)
+
+
+def _raw_table(rows) -> pa.Table:
+    return pa.table({"image_uri": [r.image_uri for r in rows], "source_uri": [r.source_uri for r in rows],
+                     "data": [r.data for r in rows], "error": [r.error for r in rows]}, schema=RAW_SCHEMA)
+
+
+def decode_images(batch: pa.Table, image_size: int, max_pixels: int = MAX_PIXELS) -> dict[str, np.ndarray]:
+    """Raw bytes -> model-sized pixels; failures keep their row with the reason."""
+    n, s = batch.num_rows, image_size
+    pixels = np.zeros((n, s, s, 3), np.uint8)
+    height = np.full(n, -1, np.int32)
+    width = np.full(n, -1, np.int32)
+    errors = batch.column("error").to_pylist()
+    for i, data in enumerate(batch.column("data").to_pylist()):
+        if errors[i] is not None:
+            continue
+        try:
+            img = load_image(data, s, max_pixels)
+        except DataError as e:
+            errors[i] = str(e)
+            continue
+        pixels[i], height[i], width[i] = img.pixels, img.height, img.width
+    return {"image_uri": np.array(batch.column("image_uri").to_pylist(), dtype=object),
+            "source_uri": np.array(batch.column("source_uri").to_pylist(), dtype=object),
+            "image": pixels, "height": height, "width": width,
+            "error": np.array([e or "" for e in errors], dtype=object)}
+
+
+class ScoreImages:
+    """The model in an actor: decoded pixels -> image scores and downsampled anomaly maps."""
+
+    def __init__(self, model_uri: str, model_id: str, heatmap_size: int, batch_size: int,
+                 gpu: bool = False, threads: int = 1):
+        import torch
+
+        from raymae.artifact import ModelArtifact
+
+        artifact = ModelArtifact.load(model_uri)
+        if artifact.model_id != model_id:
+            raise RuntimeError(f"the model at {model_uri} changed while scoring "
+                               f"({model_id} -> {artifact.model_id})")
+        if not gpu:
+            torch.set_num_threads(max(1, int(threads)))
+        self.predictor = artifact.predictor("cuda" if gpu else "cpu")
+        self.heatmap_size = heatmap_size
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["image_uri"])
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        scores = np.full(n, np.nan, np.float32)
+        size = min(self.heatmap_size, self.predictor.image_size)
+        maps = np.zeros((n, size, size), np.float32)
+        if ok.any():
+            pred = self.predictor.predict(batch["image"][ok], self.batch_size)
+            scores[ok] = pred.scores
+            maps[ok] = heatmap.downsample(pred.maps, size)
+        out = {k: batch[k] for k in ("image_uri", "source_uri", "height", "width", "error")}
+        out.update(score=scores, heatmap=maps,
+                   scored_at=np.full(n, np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")))
+        return out
+
+
+def to_output_rows(batch: dict[str, np.ndarray], threshold: float, model_id: str) -> pa.Table:
+    """Scores and maps -> rows of :data:`OUTPUT_SCHEMA` (heatmaps PNG-encoded, errors as nulls)."""
+    ok = np.array([not e for e in batch["error"]], dtype=bool)
+    pngs, tops = [], []
+    for good, m in zip(ok, batch["heatmap"]):
+        png, top = heatmap.encode(m) if good else (None, None)
+        pngs.append(png)
+        tops.append(top)
+    n = len(ok)
+    known = batch["height"] >= 0
+    columns = {
+        "image_uri": pa.array(batch["image_uri"].tolist(), pa.string()),
+        "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
+        "score": pa.array(batch["score"], pa.float32(), mask=~ok),
+        "is_anomalous": pa.array(batch["score"] >= threshold, pa.bool_(), mask=~ok),
+        "threshold": pa.array(np.full(n, threshold, np.float32)),
+        "heatmap_png": pa.array(pngs, pa.binary()),
+        "heatmap_max": pa.array(tops, pa.float32()),
+        "height": pa.array(batch["height"], pa.int32(), mask=~known),
+        "width": pa.array(batch["width"], pa.int32(), mask=~known),
+        "status": pa.array(np.where(ok, "ok", "error").tolist(), pa.string()),
+        "error": pa.array([None if good else e for good, e in zip(ok, batch["error"])], pa.string()),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "scored_at": pa.array(batch["scored_at"].astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table(columns, schema=OUTPUT_SCHEMA)
+
+
+# ------------------------------------------------------------------ the pipeline
+def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", opts: ScoreOptions):
+    """The lazy Ray Dataset of output rows (nothing runs until it is written)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    groups = group_sources(listing.sources)
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+    ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"max_file_bytes": opts.max_file_bytes})
+    # A decode task may hold one image of max_pixels RGBA pixels: it reserves that
+    # much memory. The reservation also keeps Ray from fusing decoding into the
+    # read (a huge tar is decoded in parallel, not by its reader) or into the
+    # model actor (the model never waits on JPEG decoding).
+    ds = ds.map_batches(decode_images, batch_size=opts.decode_batch_size, batch_format="pyarrow",
+                        fn_kwargs={"image_size": artifact.config.model.image_size,
+                                   "max_pixels": opts.max_pixels},
+                        memory=4 * opts.max_pixels)
+    ds = ds.map_batches(ScoreImages, batch_size=opts.batch_size, batch_format="numpy",
+                        compute=ActorPoolStrategy(size=opts.actors),
+                        num_gpus=1 if opts.gpu else 0, num_cpus=opts.cpus_per_actor,
+                        fn_constructor_kwargs={"model_uri": model_uri, "model_id": artifact.model_id,
+                                               "heatmap_size": opts.heatmap_size,
+                                               "batch_size": opts.batch_size, "gpu": opts.gpu,
+                                               "threads": opts.cpus_per_actor})
+    return ds.map_batches(to_output_rows, batch_format="numpy",
+                          fn_kwargs={"threshold": float(artifact.calibration.threshold),
+                                     "model_id": artifact.model_id})
+
+
+@dataclass
+class ScoringPlan:
+    """Everything checked before Ray starts: the inputs exist, the model loads, the options are sane."""
+
+    inputs: list[str]
+    listing: Listing
+    model_uri: str
+    artifact: "ModelArtifact"
+    output: str
+    opts: ScoreOptions
+
+
+def plan(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) -> ScoringPlan:
+    """List the inputs and load the model; raises DataError / ArtifactError / StorageError."""
+    from raymae.artifact import ModelArtifact
+
+    listing = list_sources(inputs)
+    model_uri = storage.absolute_uri(model_uri)
+    storage.resolve(output)  # a bad output URI fails now, not after scoring
+    return ScoringPlan(inputs, listing, model_uri, ModelArtifact.load(model_uri),
+                       storage.absolute_uri(output), opts)
+
+
+def run(p: ScoringPlan) -> ScoreSummary:
+    """Score and write one date's partition (Ray must be initialised); returns the counts."""
+    from ray.data import SaveMode
+    from ray.data.datasource import FilenameProvider
+
+    class PartFiles(FilenameProvider):  # deterministic names: part-00000.parquet, ...
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:05d}.parquet"
+
+    start = time.time()
+    artifact, opts = p.artifact, p.opts
+    log.info("scoring %d images and %d tar shards with model %s (threshold %.4g) for %s",
+             p.listing.n_images, p.listing.n_archives, artifact.model_id,
+             artifact.calibration.threshold, opts.date)
+    staging = storage.join(p.output, STAGING, f"{PARTITION}={opts.date}-{uuid.uuid4().hex[:12]}")
+    filesystem, staging_path = storage.arrow_filesystem(staging)
+    try:
+        build_dataset(p.listing, p.model_uri, artifact, opts).write_parquet(
+            staging_path, filesystem=filesystem, filename_provider=PartFiles(),
+            min_rows_per_file=10_000, mode=SaveMode.OVERWRITE)  # a fresh folder of this run
+        counts = count_rows(staging)
+        if counts["images"] == 0:
+            raise DataError(f"no images found in {', '.join(p.inputs)}: "
+                            f"the tar shards hold no image members")
+        publish(staging, partition_uri(p.output, opts.date))
+    finally:
+        remove(staging)
+        remove(storage.join(p.output, STAGING), only_if_empty=True)
+    return ScoreSummary(output=partition_uri(p.output, opts.date), seconds=time.time() - start,
+                        model_id=artifact.model_id, skipped=p.listing.skipped, **counts)
+
+
+def score(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) -> ScoreSummary:
+    """:func:`plan` then :func:`run`, for callers that have started Ray themselves."""
+    return run(plan(inputs, model_uri, output, opts))
+
+
+def count_rows(uri: str) -> dict[str, int]:
+    """images / ok / errors / anomalous in the Parquet files under ``uri``."""
+    fs, path = storage.resolve(uri)
+    files = [f for f in fs.find(path) if f.endswith(".parquet")] if fs.exists(path) else []
+    if not files:
+        return {"images": 0, "ok": 0, "errors": 0, "anomalous": 0}
+    table = pq.ParquetDataset(files, filesystem=fs).read(columns=["status", "is_anomalous"])
+    status = np.array(table.column("status").to_pylist())
+    anomalous = table.column("is_anomalous").fill_null(False).to_numpy(zero_copy_only=False)
+    return {"images": len(status), "ok": int((status == "ok").sum()),
+            "errors": int((status == "error").sum()), "anomalous": int(anomalous.sum())}
+
+
+def publish(staging: str, partition: str) -> None:
+    """Replace the date's partition with the staged files (other dates are untouched)."""
+    fs, staged = storage.resolve(staging)
+    _, target = storage.resolve(partition)
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
+    fs.makedirs(target, exist_ok=True)
+    for f in sorted(fs.find(staged)):
+        fs.mv(f, f"{target}/{f[len(staged):].lstrip('/')}")
+
+
+def remove(uri: str, only_if_empty: bool = False) -> None:
+    fs, path = storage.resolve(uri)
+    try:
+        if not fs.exists(path) or (only_if_empty and fs.find(path)):
+            return
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass

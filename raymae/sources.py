@@ -1,0 +1,200 @@
+"""What a scoring run reads: image files and tar shards, listed from URIs, read as bytes.
+
+An input URI (local path or ``s3://``) is one of
+
+* a prefix (folder): every image and tar below it, recursively;
+* a glob (``*``, ``?``, ``[``): every image and tar it matches;
+* a single file: scored whatever its extension.
+
+Tar shards (``.tar``, and compressed ``.tar.gz``/``.tgz``), WebDataset-style or
+not, are read as a stream: every member with an image extension becomes one
+row named ``archive.tar#member``; other members (``.json``, ``.cls``...) are
+not images and are skipped. Reading never raises: a file or member that cannot
+be read becomes a :class:`RawImage` whose ``error`` says why, so one bad file
+never fails the run and never disappears from the output.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from raymae import storage
+from raymae.data import IMAGE_EXTENSIONS, DataError
+
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+GLOB_CHARS = "*?["
+# Files and tar members above this size are refused unread (a row says so).
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+IMAGE, TAR = "image", "tar"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One listed file: an image, or a tar archive of images."""
+
+    uri: str
+    kind: str    # IMAGE or TAR
+    size: int    # bytes, as listed
+
+
+@dataclass
+class Listing:
+    """The sources of a run, sorted by URI, and the files skipped as neither image nor tar."""
+
+    sources: list[Source]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        return sum(s.kind == IMAGE for s in self.sources)
+
+    @property
+    def n_archives(self) -> int:
+        return sum(s.kind == TAR for s in self.sources)
+
+
+@dataclass
+class RawImage:
+    """One image's bytes, or why they could not be read (``data`` is then None)."""
+
+    image_uri: str
+    source_uri: str
+    data: bytes | None
+    error: str | None = None
+
+
+def kind_of(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(TAR_EXTENSIONS):
+        return TAR
+    if lower.endswith(IMAGE_EXTENSIONS):
+        return IMAGE
+    return None
+
+
+def _hidden(path: str) -> bool:
+    """Dot-files and _markers (``.DS_Store``, ``_SUCCESS``) and anything inside such folders."""
+    return any(part.startswith((".", "_")) for part in path.split("/") if part)
+
+
+# ------------------------------------------------------------------ listing
+def list_sources(uris: list[str]) -> Listing:
+    """Expand input URIs into sources; raises DataError for a missing or empty input."""
+    if not uris:
+        raise DataError("no input given")
+    found: dict[str, Source] = {}
+    skipped: list[str] = []
+    for uri in uris:
+        sources, skip = _list_one(uri)
+        if not sources:
+            hint = f" (found only non-image files, e.g. {skip[0]!r})" if skip else ""
+            raise DataError(f"no images or .tar shards found in {uri!r}{hint}")
+        found.update((s.uri, s) for s in sources)
+        skipped += skip
+    return Listing(sorted(found.values(), key=lambda s: s.uri), sorted(set(skipped)))
+
+
+def _list_one(uri: str) -> tuple[list[Source], list[str]]:
+    fs, path = storage.resolve(uri)
+    try:
+        if any(c in path for c in GLOB_CHARS):
+            infos = fs.glob(path, detail=True)
+            explicit = False
+        elif fs.isdir(path):
+            infos = fs.find(path, detail=True)
+            explicit = False
+        elif fs.isfile(path):
+            infos = {path: fs.info(path)}
+            explicit = True
+        else:
+            raise DataError(f"input not found: {uri!r}")
+    except (FileNotFoundError, PermissionError, OSError) as e:
+        raise DataError(f"cannot list {uri!r}: {e}") from e
+    root = _fixed_prefix(path)
+    sources, skipped = [], []
+    for p, info in sorted(infos.items()):
+        if info.get("type", "file") != "file":
+            continue
+        full = _to_uri(uri, p)
+        if not explicit and _hidden(p[len(root):]):
+            continue
+        kind = kind_of(p) or (IMAGE if explicit else None)
+        if kind is None:
+            skipped.append(full)
+            continue
+        sources.append(Source(full, kind, int(info.get("size") or 0)))
+    return sources, skipped
+
+
+def _fixed_prefix(path: str) -> str:
+    """The folder part of a path before any glob character (the path itself when there is none)."""
+    cut = min((path.index(c) for c in GLOB_CHARS if c in path), default=None)
+    return path if cut is None else path[:cut].rsplit("/", 1)[0]
+
+
+def _to_uri(uri: str, found: str) -> str:
+    """A path the filesystem returned, written back in the form the user gave (scheme kept)."""
+    if storage.is_remote(uri):
+        scheme = storage.scheme_of(uri)
+        return found if "://" in found else f"{scheme}://{found}"
+    return found
+
+
+# ------------------------------------------------------------------ reading
+def read_sources(sources: list[Source], threads: int = 16,
+                 max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[RawImage]:
+    """Bytes of every image in the sources: loose files read in parallel threads, tars streamed."""
+    images = [s for s in sources if s.kind == IMAGE]
+    if images:
+        with ThreadPoolExecutor(min(threads, len(images))) as pool:
+            yield from pool.map(lambda s: read_image(s, max_file_bytes), images)
+    for s in sources:
+        if s.kind == TAR:
+            yield from read_tar(s, max_file_bytes)
+
+
+def read_image(source: Source, max_file_bytes: int = MAX_FILE_BYTES) -> RawImage:
+    if source.size > max_file_bytes:
+        return RawImage(source.uri, source.uri, None,
+                        f"file too large: {source.size} bytes, limit {max_file_bytes}")
+    try:
+        return RawImage(source.uri, source.uri, storage.read_bytes(source.uri))
+    except Exception as e:  # vanished, permission denied, network: the row says which
+        return RawImage(source.uri, source.uri, None, f"cannot read file: {type(e).__name__}: {e}")
+
+
+def read_tar(source: Source, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[RawImage]:
+    """Stream a tar: one RawImage per image member, in archive order.
+
+    A member that cannot be read is an error row; when the archive itself breaks
+    off (truncated, not a tar), one error row named after the archive says after
+    how many members, since the members beyond that point cannot be known.
+    """
+    n_read = 0
+    current = None
+    try:
+        fs, path = storage.resolve(source.uri)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile() or kind_of(member.name) != IMAGE or _hidden(member.name):
+                    continue
+                current = member.name
+                uri = f"{source.uri}#{member.name}"
+                if member.size > max_file_bytes:
+                    yield RawImage(uri, source.uri, None,
+                                   f"tar member too large: {member.size} bytes, limit {max_file_bytes}")
+                else:
+                    yield RawImage(uri, source.uri, tar.extractfile(member).read())
+                current = None
+                n_read += 1
+    except Exception as e:  # tarfile.ReadError, EOFError, zlib errors, I/O errors
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if current is not None:
+            yield RawImage(f"{source.uri}#{current}", source.uri, None, f"unreadable tar member (the archive cannot be read past it): {reason}")
+        else:
+            where = f"after {n_read} image members" if n_read else "before any image member"
+            yield RawImage(source.uri, source.uri, None, f"unreadable tar archive ({where}): {reason}")
