@@ -133,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--actors", type=_positive, default=1, help="model replicas (default 1)")
     sc.add_argument("--gpu", action="store_true", help="one GPU per model replica")
     sc.add_argument("--cpus-per-actor", type=float, default=1.0,
-                    help="CPUs reserved by each model replica, also its torch threads on CPU (default 1)")
+                    help="CPUs each model replica reserves (default 1)")
+    sc.add_argument("--threads-per-actor", type=_positive,
+                    help="torch threads of each replica on CPU (default: --cpus-per-actor); more than "
+                         "it reserves lets the model use cores that decoding leaves idle")
     sc.add_argument("--heatmap-size", type=_positive, default=64, help="heatmap PNG side (default 64)")
 
     s = sub.add_parser("synth", help="write a synthetic MVTec-AD style dataset")
@@ -192,7 +195,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     date = parse_date(args.date)
     opts = ScoreOptions(date=date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
-                        cpus_per_actor=args.cpus_per_actor, heatmap_size=args.heatmap_size)
+                        cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
+                        heatmap_size=args.heatmap_size)
     work = plan([u.replace("{date}", date) for u in args.input], args.model,
                 args.output.replace("{date}", date), opts)  # all checks before Ray starts
     _init_ray()

@@ -69,7 +69,8 @@ class ScoreOptions:
     batch_size: int = 32            # images per model call
     actors: int = 1                 # model replicas (one GPU each with gpu=True)
     gpu: bool = False
-    cpus_per_actor: float = 1.0     # also the actor's torch threads on CPU
+    cpus_per_actor: float = 1.0     # CPUs each model replica reserves
+    threads_per_actor: int | None = None  # its torch threads on CPU (default: cpus_per_actor)
     heatmap_size: int = 64          # heatmap PNG side in pixels
     decode_batch_size: int = 32
     max_pixels: int = MAX_PIXELS
@@ -83,6 +84,10 @@ class ScoreOptions:
                 raise DataError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if not self.cpus_per_actor > 0:
             raise DataError(f"cpus-per-actor must be above 0, not {self.cpus_per_actor}")
+        if self.threads_per_actor is None:
+            self.threads_per_actor = max(1, int(self.cpus_per_actor))
+        elif self.threads_per_actor < 1:
+            raise DataError(f"threads-per-actor must be at least 1, not {self.threads_per_actor}")
 
 
 @dataclass
@@ -194,7 +199,7 @@ class ScoreImages:
             raise RuntimeError(f"the model at {model_uri} changed while scoring "
                                f"({model_id} -> {artifact.model_id})")
         if not gpu:
-            torch.set_num_threads(max(1, int(threads)))
+            torch.set_num_threads(threads)
         self.predictor = artifact.predictor("cuda" if gpu else "cpu")
         self.heatmap_size = heatmap_size
         self.batch_size = batch_size
@@ -267,7 +272,7 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
                         fn_constructor_kwargs={"model_uri": model_uri, "model_id": artifact.model_id,
                                                "heatmap_size": opts.heatmap_size,
                                                "batch_size": opts.batch_size, "gpu": opts.gpu,
-                                               "threads": opts.cpus_per_actor})
+                                               "threads": opts.threads_per_actor})
     return ds.map_batches(to_output_rows, batch_format="numpy",
                           fn_kwargs={"threshold": float(artifact.calibration.threshold),
                                      "model_id": artifact.model_id})

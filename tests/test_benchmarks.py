@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,3 +24,18 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
     assert len(record["test_ablation_map_rules"]) == 12
     assert record["machine"]["cpu_cores"] >= 1 and record["wall_seconds"] > 0
     assert record["recipe"]["model"]["image_size"] == 64
+
+
+@pytest.mark.slow
+def test_the_scoring_benchmark_measures_all_three_pipelines(synthetic_dataset, model_dir, tmp_path):
+    out = tmp_path / "scoring.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scoring.py"), "--images", synthetic_dataset + "/test",
+           "--model", model_dir, "--sizes", "6", "12", "--batch-size", "4", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+    record = json.loads(out.read_text())
+    for size in ("6", "12"):
+        runs = record["results"][size]
+        for name in ("a_model_alone", "b_dataloader_script", "c_raymae_score", "c_raymae_score_all_threads"):
+            assert runs[name]["images_per_s"] > 0 and runs[name]["peak_memory_mib"] > 0, name
+        assert runs["c_raymae_score"]["ok"] == int(size)
+    assert record["memory_growth_c"] > 0
