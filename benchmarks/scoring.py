@@ -197,6 +197,14 @@ def raymae_score(model: str, folder: str, out: str, batch_size: int,
             "seconds_with_ray_init": round(total, 2), "images_per_s_with_ray_init": summary.images / total}
 
 
+PIPELINES = {  # result name -> child measurement
+    "a_model_alone": "a",
+    "b_dataloader_script": "b",
+    "c_raymae_score": "c",                 # raymae score, one torch thread per actor (--threads-per-actor 1)
+    "c_raymae_score_all_threads": "c",     # the actor's torch on every core (the default with one actor)
+}
+
+
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,6 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--loader-workers", type=int, default=os.cpu_count())
     p.add_argument("--out", help="results file (default benchmarks/results/scoring-<machine>.json)")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES),
+                   help="which measurements to run (default: all)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--args", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -227,30 +237,25 @@ def main(argv=None) -> int:
             folder = work / f"images-{n}"
             paths = make_images(args.images, n, folder)
             (work / f"list-{n}.json").write_text(json.dumps(paths))
-            common = {"model": model, "batch_size": args.batch_size}
-            runs = {}
-            runs["a_model_alone"] = run_measured(me + ["--child", "a", "--args", json.dumps(
-                dict(common, images=str(work / f"list-{n}.json"), threads=threads))])
+            kwargs = {
+                "a_model_alone": dict(images=str(work / f"list-{n}.json"), threads=threads),
+                "b_dataloader_script": dict(images=str(work / f"list-{n}.json"), out=str(work / f"b-{n}"),
+                                            threads=threads, workers=args.loader_workers),
+                "c_raymae_score": dict(folder=str(folder), out=str(work / f"c-{n}"), threads_per_actor=1),
+                "c_raymae_score_all_threads": dict(folder=str(folder), out=str(work / f"c2-{n}"),
+                                                   threads_per_actor=threads),
+            }
             (work / f"b-{n}").mkdir()
-            runs["b_dataloader_script"] = run_measured(me + ["--child", "b", "--args", json.dumps(
-                dict(common, images=str(work / f"list-{n}.json"), out=str(work / f"b-{n}"),
-                     threads=threads, workers=args.loader_workers))])
-            runs["c_raymae_score"] = run_measured(me + ["--child", "c", "--args", json.dumps(
-                dict(common, folder=str(folder), out=str(work / f"c-{n}"), threads_per_actor=None))])
-            # the same with the actor's torch using every core (decoding takes what is left)
-            runs["c_raymae_score_all_threads"] = run_measured(me + ["--child", "c", "--args", json.dumps(
-                dict(common, folder=str(folder), out=str(work / f"c2-{n}"), threads_per_actor=threads))])
-            a, b, c = (runs[k]["images_per_s"] for k in ("a_model_alone", "b_dataloader_script",
-                                                          "c_raymae_score"))
-            c2 = runs["c_raymae_score_all_threads"]["images_per_s"]
-            runs["ratios"] = {"c_over_a": c / a, "c_over_b": c / b,
-                              "c_with_ray_init_over_b": runs["c_raymae_score"]["images_per_s_with_ray_init"] / b,
-                              "c_all_threads_over_a": c2 / a, "c_all_threads_over_b": c2 / b}
+            runs = {name: run_measured(me + ["--child", PIPELINES[name], "--args", json.dumps(
+                dict(kwargs[name], model=model, batch_size=args.batch_size))]) for name in args.pipelines}
+            speed = {name: r["images_per_s"] for name, r in runs.items()}
+            runs["ratios"] = {f"{c}/{ref}": speed[c] / speed[ref] for c in speed if c.startswith("c_")
+                              for ref in ("a_model_alone", "b_dataloader_script") if ref in speed}
             results[str(n)] = runs
-            print(f"{n} images: a {a:.1f}/s  b {b:.1f}/s  c {c:.1f}/s  c/a {c / a:.2f}  c/b {c / b:.2f}  "
-                  f"c(all threads) {c2:.1f}/s  "
-                  f"peak memory b {runs['b_dataloader_script']['peak_memory_mib']:.0f} MiB "
-                  f"c {runs['c_raymae_score']['peak_memory_mib']:.0f} MiB", flush=True)
+            print(f"{n} images: " + "  ".join(f"{k} {v:.1f}/s" for k, v in speed.items()) + "  "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in runs["ratios"].items()) + "  peak memory "
+                  + "  ".join(f"{k} {r['peak_memory_mib']:.0f} MiB" for k, r in runs.items() if k != "ratios"),
+                  flush=True)
             shutil.rmtree(folder)
         small, large = str(min(args.sizes)), str(max(args.sizes))
         record = {
@@ -261,18 +266,14 @@ def main(argv=None) -> int:
             "batch_size": args.batch_size,
             "loader_workers": args.loader_workers,
             "results": results,
-            "memory_growth_c": results[large]["c_raymae_score"]["peak_memory_mib"]
-            / results[small]["c_raymae_score"]["peak_memory_mib"],
-            "memory_growth_c_all_threads": results[large]["c_raymae_score_all_threads"]["peak_memory_mib"]
-            / results[small]["c_raymae_score_all_threads"]["peak_memory_mib"],
-            "memory_growth_b": results[large]["b_dataloader_script"]["peak_memory_mib"]
-            / results[small]["b_dataloader_script"]["peak_memory_mib"],
+            "memory_growth": {name: results[large][name]["peak_memory_mib"] / results[small][name]["peak_memory_mib"]
+                              for name in args.pipelines},
         }
         out = Path(args.out) if args.out else HERE / "results" / f"scoring-{machine_tag()}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2))
-        print(f"memory growth {small} -> {large}: c {record['memory_growth_c']:.2f}x  "
-              f"b {record['memory_growth_b']:.2f}x\nwrote {out}")
+        print(f"peak memory growth {small} -> {large} images: "
+              + "  ".join(f"{k} {v:.2f}x" for k, v in record["memory_growth"].items()) + f"\nwrote {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cpus-per-actor", type=float, default=1.0,
                     help="CPUs each model replica reserves (default 1)")
     sc.add_argument("--threads-per-actor", type=_positive,
-                    help="torch threads of each replica on CPU (default: --cpus-per-actor); more than "
-                         "it reserves lets the model use cores that decoding leaves idle")
+                    help="torch threads of each replica on CPU (default: this machine's cores / --actors)")
     sc.add_argument("--heatmap-size", type=_positive, default=64, help="heatmap PNG side (default 64)")
 
     s = sub.add_parser("synth", help="write a synthetic MVTec-AD style dataset")

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from raymae import storage
 
@@ -86,6 +86,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise DataError(f"image too large, refused as a possible decompression bomb: {e}") from e
+    except UnidentifiedImageError as e:  # its message names a BytesIO object: say it plainly
+        raise DataError("not a readable image: unknown or unsupported image format") from e
     except Exception as e:
         raise DataError(f"not a readable image: {e}") from e
     width, height = img.size

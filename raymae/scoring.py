@@ -6,6 +6,8 @@ The pipeline reads top to bottom::
       -> read_group      CPU tasks: bytes of every image, or why not (never raises)
       -> decode_images   CPU tasks: pixels at the model's size, original height/width
       -> ScoreImages     actor pool: the model (GPU if asked), scores and small heatmaps
+                         (on CPU the actors decode their own batches: the cores are shared
+                         anyway, and pixels then skip the object store)
       -> to_output_rows  CPU tasks: PNG heatmaps, the output schema
       -> write_parquet   into a staging folder, then swapped in as <output>/date=YYYY-MM-DD/
 
@@ -19,6 +21,7 @@ partition only after the new one is completely written.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -70,9 +73,10 @@ class ScoreOptions:
     actors: int = 1                 # model replicas (one GPU each with gpu=True)
     gpu: bool = False
     cpus_per_actor: float = 1.0     # CPUs each model replica reserves
-    threads_per_actor: int | None = None  # its torch threads on CPU (default: cpus_per_actor)
+    threads_per_actor: int | None = None  # its torch threads on CPU (default: this machine's cores / actors)
     heatmap_size: int = 64          # heatmap PNG side in pixels
     decode_batch_size: int = 32
+    decode_in_actor: bool | None = None  # default: on CPU yes, with GPUs in separate CPU tasks
     max_pixels: int = MAX_PIXELS
     max_file_bytes: int = MAX_FILE_BYTES
 
@@ -84,8 +88,12 @@ class ScoreOptions:
                 raise DataError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if not self.cpus_per_actor > 0:
             raise DataError(f"cpus-per-actor must be above 0, not {self.cpus_per_actor}")
+        if self.decode_in_actor is None:
+            self.decode_in_actor = not self.gpu
         if self.threads_per_actor is None:
-            self.threads_per_actor = max(1, int(self.cpus_per_actor))
+            # Decoding runs inside the actors on CPU, so the model may use every core
+            # (measured: 27.6 vs 21.7 images/s with one thread on 2 cores).
+            self.threads_per_actor = max(1, (os.cpu_count() or 1) // self.actors)
         elif self.threads_per_actor < 1:
             raise DataError(f"threads-per-actor must be at least 1, not {self.threads_per_actor}")
 
@@ -163,14 +171,19 @@ def _raw_table(rows) -> pa.Table:
                      "data": [r.data for r in rows], "error": [r.error for r in rows]}, schema=RAW_SCHEMA)
 
 
-def decode_images(batch: pa.Table, image_size: int, max_pixels: int = MAX_PIXELS) -> dict[str, np.ndarray]:
-    """Raw bytes -> model-sized pixels; failures keep their row with the reason."""
-    n, s = batch.num_rows, image_size
+def _pylist(batch, name: str) -> list:
+    return batch.column(name).to_pylist() if isinstance(batch, pa.Table) else list(batch[name])
+
+
+def decode_images(batch, image_size: int, max_pixels: int = MAX_PIXELS) -> dict[str, np.ndarray]:
+    """Raw bytes (a pyarrow table or numpy columns) -> model-sized pixels; failures keep their row."""
+    uris = _pylist(batch, "image_uri")
+    n, s = len(uris), image_size
     pixels = np.zeros((n, s, s, 3), np.uint8)
     height = np.full(n, -1, np.int32)
     width = np.full(n, -1, np.int32)
-    errors = batch.column("error").to_pylist()
-    for i, data in enumerate(batch.column("data").to_pylist()):
+    errors = _pylist(batch, "error")
+    for i, data in enumerate(_pylist(batch, "data")):
         if errors[i] is not None:
             continue
         try:
@@ -179,17 +192,23 @@ def decode_images(batch: pa.Table, image_size: int, max_pixels: int = MAX_PIXELS
             errors[i] = str(e)
             continue
         pixels[i], height[i], width[i] = img.pixels, img.height, img.width
-    return {"image_uri": np.array(batch.column("image_uri").to_pylist(), dtype=object),
-            "source_uri": np.array(batch.column("source_uri").to_pylist(), dtype=object),
+    return {"image_uri": np.array(uris, dtype=object),
+            "source_uri": np.array(_pylist(batch, "source_uri"), dtype=object),
             "image": pixels, "height": height, "width": width,
             "error": np.array([e or "" for e in errors], dtype=object)}
 
 
 class ScoreImages:
-    """The model in an actor: decoded pixels -> image scores and downsampled anomaly maps."""
+    """The model in an actor: pixels -> image scores and downsampled anomaly maps.
+
+    With ``decode`` (the keyword arguments of :func:`decode_images`) it takes raw
+    bytes and decodes them itself: what scoring does on CPU, where decoding and
+    the model share the same cores anyway and decoded pixels need not travel
+    through the object store.
+    """
 
     def __init__(self, model_uri: str, model_id: str, heatmap_size: int, batch_size: int,
-                 gpu: bool = False, threads: int = 1):
+                 gpu: bool = False, threads: int = 1, decode: dict | None = None):
         import torch
 
         from raymae.artifact import ModelArtifact
@@ -203,8 +222,11 @@ class ScoreImages:
         self.predictor = artifact.predictor("cuda" if gpu else "cpu")
         self.heatmap_size = heatmap_size
         self.batch_size = batch_size
+        self.decode = decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.decode is not None:
+            batch = decode_images(batch, **self.decode)
         n = len(batch["image_uri"])
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         scores = np.full(n, np.nan, np.float32)
@@ -258,21 +280,22 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy",
                         fn_kwargs={"max_file_bytes": opts.max_file_bytes})
-    # A decode task may hold one image of max_pixels RGBA pixels: it reserves that
-    # much memory. The reservation also keeps Ray from fusing decoding into the
-    # read (a huge tar is decoded in parallel, not by its reader) or into the
-    # model actor (the model never waits on JPEG decoding).
-    ds = ds.map_batches(decode_images, batch_size=opts.decode_batch_size, batch_format="pyarrow",
-                        fn_kwargs={"image_size": artifact.config.model.image_size,
-                                   "max_pixels": opts.max_pixels},
-                        memory=4 * opts.max_pixels)
+    decode = {"image_size": artifact.config.model.image_size, "max_pixels": opts.max_pixels}
+    if not opts.decode_in_actor:
+        # CPU tasks decode for the GPU actors. A decode task may hold one image of
+        # max_pixels RGBA pixels: it reserves that much memory, which also keeps
+        # Ray from fusing decoding into the read (a huge tar is decoded in
+        # parallel, not by its reader) or into the actor (the GPU never waits on JPEG).
+        ds = ds.map_batches(decode_images, batch_size=opts.decode_batch_size, batch_format="pyarrow",
+                            fn_kwargs=decode, memory=4 * opts.max_pixels)
     ds = ds.map_batches(ScoreImages, batch_size=opts.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=opts.actors),
                         num_gpus=1 if opts.gpu else 0, num_cpus=opts.cpus_per_actor,
                         fn_constructor_kwargs={"model_uri": model_uri, "model_id": artifact.model_id,
                                                "heatmap_size": opts.heatmap_size,
                                                "batch_size": opts.batch_size, "gpu": opts.gpu,
-                                               "threads": opts.threads_per_actor})
+                                               "threads": opts.threads_per_actor,
+                                               "decode": decode if opts.decode_in_actor else None})
     return ds.map_batches(to_output_rows, batch_format="numpy",
                           fn_kwargs={"threshold": float(artifact.calibration.threshold),
                                      "model_id": artifact.model_id})

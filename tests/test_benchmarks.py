@@ -38,4 +38,6 @@ def test_the_scoring_benchmark_measures_all_three_pipelines(synthetic_dataset, m
         for name in ("a_model_alone", "b_dataloader_script", "c_raymae_score", "c_raymae_score_all_threads"):
             assert runs[name]["images_per_s"] > 0 and runs[name]["peak_memory_mib"] > 0, name
         assert runs["c_raymae_score"]["ok"] == int(size)
-    assert record["memory_growth_c"] > 0
+    assert record["memory_growth"]["c_raymae_score"] > 0
+    assert set(record["results"]["6"]["ratios"]) >= {"c_raymae_score/a_model_alone",
+                                                      "c_raymae_score/b_dataloader_script"}

@@ -167,6 +167,22 @@ def test_scoring_and_evaluate_give_an_image_the_same_score(night, dump, syntheti
 
 
 @pytest.mark.slow
+def test_decoding_in_separate_tasks_as_on_gpu_clusters_gives_the_same_rows(ray_local, night, dump, model_dir,
+                                                                             tmp_path):
+    summary = score([dump["root"]], model_dir, str(tmp_path), ScoreOptions(
+        date=DAY1, batch_size=8, heatmap_size=16, decode_in_actor=False))
+    tasks = {r["image_uri"]: r for r in read_partition(str(tmp_path), DAY1).to_pylist()}
+    actor = {r["image_uri"]: r for r in night["table"].to_pylist()}
+    assert summary.images == len(tasks) == len(actor) and tasks.keys() == actor.keys()
+    for uri, row in actor.items():
+        assert (tasks[uri]["status"], tasks[uri]["error"]) == (row["status"], row["error"])
+        if row["score"] is None:
+            assert tasks[uri]["score"] is None
+        else:
+            assert tasks[uri]["score"] == pytest.approx(row["score"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
 def test_rerunning_a_date_replaces_only_that_date(ray_local, night, dump, model_dir):
     out = night["out"]
     one_folder = str(Path(dump["root"]) / "line1")
