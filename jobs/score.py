@@ -9,15 +9,15 @@ command scores each night's dump:
 """
 
 import sys
-from datetime import datetime, timezone
 
 from raymae.cli import main
+from raymae.scoring import today
 
 
 def with_default_date(argv: list[str]) -> list[str]:
     if any(a == "--date" or a.startswith("--date=") for a in argv):
         return argv
-    return [*argv, "--date", datetime.now(timezone.utc).date().isoformat()]
+    return [*argv, "--date", today()]
 
 
 if __name__ == "__main__":

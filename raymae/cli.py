@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
@@ -190,14 +189,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from raymae.scoring import ScoreOptions, parse_date, plan, run
+    from raymae.scoring import ScoreOptions, plan, run
 
-    date = parse_date(args.date)
-    opts = ScoreOptions(date=date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
+    opts = ScoreOptions(date=args.date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                         cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
-                        heatmap_size=args.heatmap_size)
-    work = plan([u.replace("{date}", date) for u in args.input], args.model,
-                args.output.replace("{date}", date), opts)  # all checks before Ray starts
+                        heatmap_size=args.heatmap_size)  # checks the date too
+    work = plan([u.replace("{date}", opts.date) for u in args.input], args.model,
+                args.output.replace("{date}", opts.date), opts)  # all checks before Ray starts
     _init_ray()
     print(run(work).format())
     return 0
@@ -212,6 +210,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from raymae.scoring import today
+
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="raymae-demo-")).resolve()
     data_dir, model_dir, eval_dir = workdir / "data", workdir / "model", workdir / "evaluation"
     base = ["--model-size", "tiny", "--image-size", "64", "--patch-size", "8", "--batch-size", "16"]
@@ -222,7 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ["evaluate", "--data", str(data_dir), "--model", str(model_dir), "--output", str(eval_dir)],
         # tonight's "factory dump" is the synthetic test folder, scored into a date partition
         ["score", "--input", str(data_dir / "test"), "--model", str(model_dir),
-         "--output", str(workdir / "scores"), "--date", datetime.now(timezone.utc).date().isoformat()],
+         "--output", str(workdir / "scores"), "--date", today()],
     ]
     for step in steps:
         print(f"\n$ raymae {' '.join(step)}", flush=True)

@@ -56,24 +56,26 @@ def load_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedI
     fail because Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is off, its
     default; raymae never turns it on, so nothing is silently padded.)
     """
-    img = _open(data, max_pixels)
-    width, height = img.size
-    img.draft(None, (size, size))  # JPEG: let the decoder downscale by 2/4/8 when the file is large
-    try:
-        img.load()
-    except Exception as e:  # truncated data, broken streams: Pillow raises many types
-        raise DataError(f"not a readable image: {e}") from e
-    return DecodedImage(resize_rgb(to_rgb(img), size), height, width)
+    img, (width, height) = _decode(data, max_pixels, draft_size=size)
+    return DecodedImage(resize_rgb(img, size), height, width)
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Bytes -> full-size RGB PIL image; raises DataError with the reason when it cannot."""
+    return _decode(data, max_pixels)[0]
+
+
+def _decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """(RGB image, original (width, height)); with ``draft_size`` a large JPEG is decoded at 1/2, 1/4 or 1/8."""
     img = _open(data, max_pixels)
+    original = img.size
+    if draft_size:
+        img.draft(None, (draft_size, draft_size))
     try:
         img.load()
-    except Exception as e:
+    except Exception as e:  # truncated data, broken streams: Pillow raises many types
         raise DataError(f"not a readable image: {e}") from e
-    return to_rgb(img)
+    return to_rgb(img), original
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

@@ -133,6 +133,11 @@ def parse_date(value: str) -> str:
         raise DataError(f"date must be a calendar date written YYYY-MM-DD, not {value!r}") from None
 
 
+def today() -> str:
+    """Today's date in UTC, YYYY-MM-DD: the night a scoring run defaults to."""
+    return datetime.now(timezone.utc).date().isoformat()
+
+
 def partition_uri(output: str, date: str) -> str:
     return storage.join(output, f"{PARTITION}={date}")
 

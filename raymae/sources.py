@@ -194,7 +194,8 @@ def read_tar(source: Source, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[R
     except Exception as e:  # tarfile.ReadError, EOFError, zlib errors, I/O errors
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if current is not None:
-            yield RawImage(f"{source.uri}#{current}", source.uri, None, f"unreadable tar member (the archive cannot be read past it): {reason}")
+            yield RawImage(f"{source.uri}#{current}", source.uri, None,
+                           f"unreadable tar member (the archive cannot be read past it): {reason}")
         else:
             where = f"after {n_read} image members" if n_read else "before any image member"
             yield RawImage(source.uri, source.uri, None, f"unreadable tar archive ({where}): {reason}")

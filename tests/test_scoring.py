@@ -232,7 +232,7 @@ def test_the_readme_queries_run_on_the_output_with_duckdb_and_pandas(night, dump
 
     (tmp_path / "scores").symlink_to(night["out"])
     monkeypatch.chdir(tmp_path)
-    rows = [r for r in night["table"].to_pylist()]
+    rows = night["table"].to_pylist()
     expected_top = sorted((r["score"] for r in rows if r["status"] == "ok"), reverse=True)[:20]
 
     statements = [q for q in readme_block("analytics:sql").split(";") if q.strip()]
