@@ -59,10 +59,15 @@ def log_epoch(result: EpochResult) -> None:
 
 
 def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | None = None,
-                on_epoch_end=None) -> ModelArtifact:
-    """Both stages and calibration in this process; returns the artifact (not yet saved)."""
+                on_epoch_end=None, loader_workers: int = 0,
+                training: TrainingData | None = None) -> ModelArtifact:
+    """Both stages and calibration in this process; returns the artifact (not yet saved).
+
+    ``loader_workers`` DataLoader processes prepare batches (stage 2's corruption
+    is CPU work that a GPU outruns); ``training`` reuses images already loaded.
+    """
     start = time.time()
-    training = load_training_data(uri, cfg)
+    training = training or load_training_data(uri, cfg)
     init_state = load_init_weights(init, cfg.model).state_dict if init else None
     history: list[dict] = []
 
@@ -73,6 +78,6 @@ def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | No
             on_epoch_end(result, model, optimizer)
 
     model = train_two_stages(cfg, training.train, torch.device(device), init_state=init_state,
-                             on_epoch_end=hook)
+                             on_epoch_end=hook, loader_workers=loader_workers)
     info = {"init": init, "history": history, "train_seconds": round(time.time() - start, 1)}
     return finish_artifact(model, training, cfg, info, device)

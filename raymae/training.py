@@ -41,15 +41,23 @@ class NormalImages(Dataset):
 
 
 class CorruptedImages(Dataset):
-    """Stage 2: (corrupted, clean, mask) triples, reproducible per (seed, epoch, index)."""
+    """Stage 2: (corrupted, clean, mask) triples, reproducible per (seed, epoch, index).
+
+    The epoch lives in a shared-memory tensor, so persistent DataLoader workers
+    (forked once per stage) see every ``set_epoch`` and draw fresh corruptions.
+    """
 
     def __init__(self, images: np.ndarray, cfg: RaymaeConfig):
         self.images = images
         self.cfg = cfg
-        self.epoch = 0
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
 
     def __len__(self) -> int:
         return len(self.images)
@@ -79,7 +87,7 @@ def learning_rate(stage: Stage1Config | Stage2Config, epoch: float, global_batch
 
 # ------------------------------------------------------------------ losses
 def stage2_loss(out: Stage2Output, x_clean: torch.Tensor, mask: torch.Tensor,
-                cfg: RaymaeConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                cfg: RaymaeConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Class-weighted cross-entropy (over every supervised head) + MSE + (1 - SSIM).
 
     out.recon is compared with the *clean* image, so the model learns to repair.
@@ -95,7 +103,8 @@ def stage2_loss(out: Stage2Output, x_clean: torch.Tensor, mask: torch.Tensor,
     win = 11 if min(x_clean.shape[-2:]) > 11 * 4 else 3
     ssim_loss = 1.0 - ssim(recon01.float(), clean01.float(), data_range=1.0, win_size=win)
     loss = s2.ce_weight * ce + s2.mse_weight * mse + s2.ssim_weight * ssim_loss
-    return loss, {"ce": ce.item(), "mse": mse.item(), "ssim": ssim_loss.item()}
+    parts = {"ce": ce, "mse": mse, "ssim": ssim_loss}
+    return loss, {k: v.detach() for k, v in parts.items()}
 
 
 # ------------------------------------------------------------------ state
@@ -130,6 +139,11 @@ def _unwrap(model: torch.nn.Module) -> MaskedAutoencoderViT:
 
 
 # ------------------------------------------------------------------ epochs
+def autocast(cfg: RaymaeConfig, device: torch.device):
+    """The forward-pass autocast context of ``cfg.precision`` (a no-op for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
               cfg: RaymaeConfig, stage: int, epoch: int, global_batch: int,
               device: torch.device) -> EpochResult:
@@ -143,33 +157,36 @@ def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim
     for step, batch in enumerate(loader):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(stage_cfg, epoch + step / steps, global_batch)
-        if stage == 1:
-            x = to_model_input(batch.to(device), cfg.mean, cfg.std, device)
-            loss, _, _ = model(x, mask_ratio=cfg.stage1.mask_ratio)
-            parts = {}
-        else:
-            corrupted, clean, mask = (t.to(device) for t in batch)
-            out = model(to_model_input(corrupted, cfg.mean, cfg.std, device))
-            loss, parts = stage2_loss(out, to_model_input(clean, cfg.mean, cfg.std, device), mask, cfg)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {stage} loss became {loss.item()} at epoch {epoch}")
+        with autocast(cfg, device):
+            if stage == 1:
+                x = to_model_input(batch.to(device, non_blocking=True), cfg.mean, cfg.std, device)
+                loss, _, _ = model(x, mask_ratio=cfg.stage1.mask_ratio)
+                parts = {}
+            else:
+                corrupted, clean, mask = (t.to(device, non_blocking=True) for t in batch)
+                out = model(to_model_input(corrupted, cfg.mean, cfg.std, device))
+                loss, parts = stage2_loss(out, to_model_input(clean, cfg.mean, cfg.std, device), mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        # Sums stay on the device: no host sync per step, so GPU work queues up.
         n = len(batch) if stage == 1 else len(batch[0])
-        total += loss.item() * n
+        total = total + loss.detach().float() * n
         count += n
         for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v * n
-    mean = total / max(count, 1)
+            parts_sum[k] = parts_sum.get(k, 0.0) + v.float() * n
+    mean = float(total) / max(count, 1)
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"stage {stage} loss became {mean} in epoch {epoch + 1}")
     return EpochResult(stage, epoch, mean, time.time() - start,
-                       {k: v / max(count, 1) for k, v in parts_sum.items()})
+                       {k: float(v) / max(count, 1) for k, v in parts_sum.items()})
 
 
 def _loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
-                      generator=g, num_workers=workers, persistent_workers=False)
+                      generator=g, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
 def train_two_stages(cfg: RaymaeConfig, images: np.ndarray, device: torch.device, *,

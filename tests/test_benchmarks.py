@@ -26,6 +26,40 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
     assert record["recipe"]["model"]["image_size"] == 64
 
 
+def _quality_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_time_budget_is_split_into_epochs_by_the_measured_epoch_times():
+    quality = _quality_module()
+    cfg = quality.RECIPES["gpu"]  # 300 + 100 epochs, warm-up 20 and 5
+    fitted = quality.fit_to_budget(cfg, {"stage1": 0.5, "stage2": 2.0}, budget_s=600, stage1_share=0.4)
+    assert (fitted.stage1.epochs, fitted.stage2.epochs) == (480, 180)
+    assert (fitted.stage1.warmup_epochs, fitted.stage2.warmup_epochs) == (32, 9)
+    tiny = quality.fit_to_budget(cfg, {"stage1": 100.0, "stage2": 100.0}, budget_s=10, stage1_share=0.5)
+    assert (tiny.stage1.epochs, tiny.stage2.epochs) == (1, 1)
+
+
+def test_the_quality_benchmark_fits_its_epochs_to_a_budget(synthetic_dataset, tmp_path):
+    out = tmp_path / "quality.json"
+    tiny = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
+            "model.stage2_extra_blocks=1", "stage1.batch_size=16", "stage2.batch_size=16"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", synthetic_dataset,
+           "--out", str(out), "--budget-minutes", "0.1", "--loader-workers", "1",
+           *[arg for s in tiny for arg in ("--set", s)]]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    record = json.loads(out.read_text())
+    assert set(record["probe_epoch_seconds"]) == {"stage1", "stage2"}
+    epochs = {e["stage"]: e["epoch"] for e in record["loss_history"]}
+    assert epochs == {1: record["recipe"]["stage1"]["epochs"], 2: record["recipe"]["stage2"]["epochs"]}
+    assert record["budget_minutes"] == 0.1
+
+
 @pytest.mark.slow
 def test_the_scoring_benchmark_measures_all_three_pipelines(synthetic_dataset, model_dir, tmp_path):
     out = tmp_path / "scoring.json"
