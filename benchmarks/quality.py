@@ -55,8 +55,9 @@ RECIPES: dict[str, RaymaeConfig] = {
     "gpu": RaymaeConfig(
         model=ModelConfig(size="base", image_size=224, patch_size=16, stage2_extra_blocks=2,
                           pixel_head="fusion"),
-        stage1=Stage1Config(epochs=300, batch_size=128, lr=1e-3, warmup_epochs=20),
-        stage2=Stage2Config(epochs=100, batch_size=64, lr=1e-3, warmup_epochs=5, freeze_encoder=False),
+        stage1=Stage1Config(epochs=300, batch_size=128, lr=1e-3, warmup_epochs=20, grad_clip=1.0),
+        stage2=Stage2Config(epochs=100, batch_size=64, lr=5e-4, warmup_epochs=5, grad_clip=1.0,
+                            freeze_encoder=False),
         corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=5),
         anomaly_map=AnomalyMapConfig(sigma=4.0),
         precision="bf16",

@@ -37,13 +37,14 @@ def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfi
     masks = np.concatenate([np.zeros_like(fake_masks), fake_masks])
     table = {}
     for comb in COMBINATIONS:
+        pixel_auroc = None  # the map, and so the pixel AUROC, does not depend on the score rule
         for rule in SCORE_RULES:
             rule_cfg = dataclasses.replace(cfg.anomaly_map, combination=comb, score_rule=rule)
             maps, scores = make_anomaly_map(recon, prob, rule_cfg)
-            table[f"{comb}/{rule}"] = {
-                "image_auroc": metrics.image_auroc(labels, scores.numpy()),
-                "pixel_auroc": metrics.pixel_auroc(masks, maps.numpy()),
-            }
+            if pixel_auroc is None:
+                pixel_auroc = metrics.pixel_auroc(masks, maps.numpy())
+            table[f"{comb}/{rule}"] = {"image_auroc": metrics.image_auroc(labels, scores.numpy()),
+                                       "pixel_auroc": pixel_auroc}
     return table
 
 

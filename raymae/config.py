@@ -89,6 +89,7 @@ class Stage1Config:
     weight_decay: float = 0.05
     warmup_epochs: int = 2
     mask_ratio: float = 0.75
+    grad_clip: float = 0.0  # largest global gradient norm per step; 0 = no clipping
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Stage2Config:
     lr: float = 1.5e-4
     weight_decay: float = 0.05
     warmup_epochs: int = 1
+    grad_clip: float = 0.0  # largest global gradient norm per step; 0 = no clipping
     freeze_encoder: bool = True
     ce_weight: float = 1.0
     mse_weight: float = 1.0

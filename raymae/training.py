@@ -168,6 +168,8 @@ def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim
                 loss, parts = stage2_loss(out, to_model_input(clean, cfg.mean, cfg.std, device), mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if stage_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), stage_cfg.grad_clip)
         optimizer.step()
         # Sums stay on the device: no host sync per step, so GPU work queues up.
         n = len(batch) if stage == 1 else len(batch[0])

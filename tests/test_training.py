@@ -62,3 +62,24 @@ def test_a_diverging_loss_stops_training_with_a_clear_error():
                                                           batch_size=2))
     with pytest.raises(FloatingPointError, match="stage 1 loss became"):
         train_two_stages(cfg, _images(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("clip, bounded", [(1e-3, True), (0.0, False)])
+def test_gradient_clipping_bounds_each_step(clip, bounded):
+    from raymae.model import build_model
+    from raymae.training import run_epoch
+
+    cfg = tiny_recipe()
+    # one batch of 8, plain SGD at lr 1 (base lr scaled by batch / 256, no warm-up):
+    # the parameter change is exactly the (clipped) gradient
+    stage1 = dataclasses.replace(cfg.stage1, lr=256 / 8, warmup_epochs=0, grad_clip=clip, batch_size=8)
+    cfg = dataclasses.replace(cfg, stage1=stage1)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
+    loader = torch.utils.data.DataLoader(torch.from_numpy(_images(8)), batch_size=8)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    run_epoch(model, loader, optimizer, cfg, stage=1, epoch=0, global_batch=8, device=torch.device("cpu"))
+    after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    change = float((after - before).norm())
+    assert (change <= clip * 1.001) == bounded, change
