@@ -295,17 +295,25 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "r
             "synth": cmd_synth, "demo": cmd_demo}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from raymae.artifact import ArtifactError
-    from raymae.data import DataError
-    from raymae.pretrained import PretrainedError
-    from raymae.storage import StorageError
+# Exceptions that mean wrong input (a one-line message, exit 2), by module. The
+# modules that load torch are only imported by the commands that need them, so
+# `raymae report` does not pay for torch: an error of theirs implies they were imported.
+USER_ERRORS = {"raymae.config": "ConfigError", "raymae.data": "DataError", "raymae.storage": "StorageError",
+               "raymae.artifact": "ArtifactError", "raymae.pretrained": "PretrainedError"}
 
+
+def user_errors() -> tuple[type[Exception], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, StorageError, ArtifactError, PretrainedError) as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"raymae {args.command}: error: {e}", file=sys.stderr)
         return 2
 

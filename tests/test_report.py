@@ -76,6 +76,35 @@ def test_scored_images_are_read_again_from_files_and_tar_members_or_say_why_not(
     assert got[str(tmp_path / "gone.png")].error.startswith("cannot read file: FileNotFoundError")
 
 
+def test_a_night_where_nothing_could_be_scored_still_gets_a_page(tmp_path):
+    from raymae.report.nightly import render_nightly_report
+    from raymae.scoring import to_output_rows
+
+    batch = {"image_uri": np.array(["/d/l1/a.png", "/d/l2/b.png"], dtype=object),
+             "source_uri": np.array(["/d/l1/a.png", "/d/l2/b.png"], dtype=object),
+             "height": np.array([-1, -1], np.int32), "width": np.array([-1, -1], np.int32),
+             "error": np.array(["empty file (0 bytes)"] * 2, dtype=object),
+             "score": np.full(2, np.nan, np.float32), "heatmap": np.zeros((2, 8, 8), np.float32),
+             "scored_at": np.array(["2026-11-26T02:00:00"] * 2, dtype="datetime64[us]")}
+    write_night(str(tmp_path), DAY1, to_output_rows(batch, threshold=0.5, model_id="abc"))
+    report = build_nightly_report(str(tmp_path), DAY1)
+    assert (report.summary.stats.ok, report.summary.stats.errors, report.top) == (0, 2, [])
+    assert [(g.reason, g.count) for g in report.errors] == [("empty file (0 bytes)", 2)]
+    text = render_nightly_report(report)
+    assert "No image of this night could be scored." in text and 'id="anomalous-share">–<' in text
+
+    # the command on its own, as the nightly job runs it: it never loads torch (seconds and a GB saved)
+    import subprocess
+    import sys
+
+    script = ("import sys; from raymae.cli import main; code = main(sys.argv[1:]); "
+              "assert 'torch' not in sys.modules, 'raymae report imported torch'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script, "report", "--scores", str(tmp_path), "--date", DAY1,
+                           "--output", str(tmp_path / "page")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "page" / "index.html").exists() and "2 errors" in done.stdout
+
+
 # ------------------------------------------------------------------ a scored night
 @pytest.fixture(scope="module")
 def dump(synthetic_dataset, tmp_path_factory) -> dict:

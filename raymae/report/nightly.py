@@ -106,7 +106,8 @@ def build_nightly_report(scores_uri: str, date: str, top: int = DEFAULT_TOP,
         raise DataError("top and history must be at least 1")
     scores_uri = storage.absolute_uri(scores_uri)
     dates = dataset.require_date(scores_uri, date)
-    night = dataset.read_partition(scores_uri, date, dataset.NIGHT_COLUMNS)
+    tonight = dataset.read_night(scores_uri, date)
+    night = tonight.table
     stats = dataset.day_stats(date, night)
     earlier = [d for d in dates if d < date][-(history_nights - 1):] if history_nights > 1 else []
     past = dataset.history(scores_uri, earlier) + [stats]
@@ -116,7 +117,7 @@ def build_nightly_report(scores_uri: str, date: str, top: int = DEFAULT_TOP,
     prefix, levels = folder_levels(night.column("image_uri").to_pylist())
     report = NightlyReport(
         scores_uri=scores_uri, date=date, summary=summary,
-        top=draw_top(scores_uri, date, chosen, vmax), errors=group_errors(night), history=past,
+        top=draw_top(tonight, chosen, vmax), errors=group_errors(night), history=past,
         prefix=prefix, breakdowns=breakdowns(night, levels), vmax=vmax)
     report.pictures = plots(report, night)
     return report
@@ -144,9 +145,9 @@ def colour_scale(rows: list[dict], threshold: float) -> float:
     return float(max(candidates)) if candidates and max(candidates) > 0 else 1.0
 
 
-def draw_top(scores_uri: str, date: str, rows: list[dict], vmax: float) -> list[TopImage]:
+def draw_top(night: dataset.Night, rows: list[dict], vmax: float) -> list[TopImage]:
     """Panels of the chosen images: heatmaps from the Parquet, originals read again where they still can be."""
-    pngs = dataset.heatmaps(scores_uri, date, [r["image_uri"] for r in rows])
+    pngs = dataset.heatmaps(night, rows)
     originals = sources.read_images([r["image_uri"] for r in rows])
     out = []
     for rank, r in enumerate(rows, 1):
