@@ -194,11 +194,10 @@ def cfg_rule(cfg: RaymaeConfig) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raymae.artifact import ModelArtifact
     from raymae.evaluate import evaluate, format_table, write_outputs
+    from raymae.report.evaluation import build_evaluation_report, write_evaluation_report
 
     artifact = ModelArtifact.load(args.model)
     result, test, pred = evaluate(artifact, args.data, "cuda" if args.gpu else "cpu", args.batch_size)
-    from raymae.report.evaluation import build_evaluation_report, write_evaluation_report
-
     write_outputs(result, test, pred, args.output)
     page = write_evaluation_report(build_evaluation_report(result, test, pred), args.output)
     print(format_table(result))
