@@ -10,15 +10,7 @@ command scores each night's dump:
 
 import sys
 
-from raymae.cli import main
-from raymae.scoring import today
-
-
-def with_default_date(argv: list[str]) -> list[str]:
-    if any(a == "--date" or a.startswith("--date=") for a in argv):
-        return argv
-    return [*argv, "--date", today()]
-
+from raymae.cli import main, with_default_date
 
 if __name__ == "__main__":
     sys.exit(main(["score", *with_default_date(sys.argv[1:])]))

@@ -1,4 +1,4 @@
-"""The ``raymae`` command line: train, evaluate, score, synth, demo."""
+"""The ``raymae`` command line: train, evaluate, score, report, synth, demo."""
 
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a model on a labelled test split")
     e.add_argument("--data", required=True, help="MVTec-AD style folder with test/ and ground_truth/")
     e.add_argument("--model", required=True, help="model folder written by raymae train")
-    e.add_argument("--output", required=True, help="folder for metrics.json and scores.parquet")
+    e.add_argument("--output", required=True,
+                   help="folder for metrics.json, scores.parquet and report.html (local or s3://)")
     e.add_argument("--batch-size", type=_positive, default=32)
     e.add_argument("--gpu", action="store_true")
 
@@ -136,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--threads-per-actor", type=_positive,
                     help="torch threads of each replica on CPU (default: this machine's cores / --actors)")
     sc.add_argument("--heatmap-size", type=_positive, default=64, help="heatmap PNG side (default 64)")
+    sc.add_argument("--report", metavar="URI",
+                    help="then write the night's HTML report (raymae report) into this folder, local or s3://")
+
+    r = sub.add_parser("report", help="an HTML page of one night's scores: top images, errors, trends",
+                       description="Read the scoring output and write <output>/index.html, one self-contained "
+                                   "page: summary, the most anomalous images with their heatmaps, the errors "
+                                   "by reason, the score distribution, trends over earlier nights and "
+                                   "folder breakdowns. {date} in --output is replaced by the date.")
+    r.add_argument("--scores", required=True, metavar="URI", help="the --output of raymae score, local or s3://")
+    r.add_argument("--date", required=True, help="the night to report, YYYY-MM-DD")
+    r.add_argument("--output", required=True, metavar="DIR", help="folder for index.html, local or s3://")
+    r.add_argument("--top", type=_positive, default=20, help="most anomalous images shown (default 20)")
+    r.add_argument("--history", type=_positive, default=90, metavar="NIGHTS",
+                   help="nights in the trend, this one included (default 90)")
 
     s = sub.add_parser("synth", help="write a synthetic MVTec-AD style dataset")
     s.add_argument("--out", required=True)
@@ -179,25 +194,51 @@ def cfg_rule(cfg: RaymaeConfig) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raymae.artifact import ModelArtifact
     from raymae.evaluate import evaluate, format_table, write_outputs
+    from raymae.report.evaluation import build_evaluation_report, write_evaluation_report
 
     artifact = ModelArtifact.load(args.model)
     result, test, pred = evaluate(artifact, args.data, "cuda" if args.gpu else "cpu", args.batch_size)
     write_outputs(result, test, pred, args.output)
+    page = write_evaluation_report(build_evaluation_report(result, test, pred), args.output)
     print(format_table(result))
-    print(f"wrote {args.output}/metrics.json and {args.output}/scores.parquet")
+    print(f"wrote {args.output}/metrics.json, {args.output}/scores.parquet and {page}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from raymae.scoring import ScoreOptions, plan, run
+    from raymae.storage import resolve
 
     opts = ScoreOptions(date=args.date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                         cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
                         heatmap_size=args.heatmap_size)  # checks the date too
     work = plan([u.replace("{date}", opts.date) for u in args.input], args.model,
                 args.output.replace("{date}", opts.date), opts)  # all checks before Ray starts
+    if args.report:
+        resolve(args.report)  # a bad report URI fails now, not after scoring
     _init_ray()
     print(run(work).format())
+    if args.report:
+        print(write_report(work.output, opts.date, args.report.replace("{date}", opts.date)))
+    return 0
+
+
+def write_report(scores: str, date: str, output: str, top: int = 20, history: int = 90) -> str:
+    """Build and write the nightly page; returns what to print."""
+    from raymae.report.nightly import build_nightly_report, write_nightly_report
+
+    report = build_nightly_report(scores, date, top, history)
+    st = report.summary.stats
+    uri = write_nightly_report(report, output)
+    return (f"report of {date}: {st.images} images, {st.ok} scored, {st.errors} errors, "
+            f"{st.anomalous} anomalous; {len(report.history)} nights in the trend\nwrote {uri}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raymae.scoring import parse_date
+
+    date = parse_date(args.date)
+    print(write_report(args.scores, date, args.output.replace("{date}", date), args.top, args.history))
     return 0
 
 
@@ -222,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ["evaluate", "--data", str(data_dir), "--model", str(model_dir), "--output", str(eval_dir)],
         # tonight's "factory dump" is the synthetic test folder, scored into a date partition
         ["score", "--input", str(data_dir / "test"), "--model", str(model_dir),
-         "--output", str(workdir / "scores"), "--date", today()],
+         "--output", str(workdir / "scores"), "--date", today(), "--report", str(workdir / "report")],
     ]
     for step in steps:
         print(f"\n$ raymae {' '.join(step)}", flush=True)
@@ -233,6 +274,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_default_date(argv: list[str]) -> list[str]:
+    """The nightly jobs' arguments with ``--date <today, UTC>`` added when they have none."""
+    from raymae.scoring import today
+
+    if any(a == "--date" or a.startswith("--date=") for a in argv):
+        return argv
+    return [*argv, "--date", today()]
+
+
 def _init_ray() -> None:
     import ray
 
@@ -240,21 +290,29 @@ def _init_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "synth": cmd_synth,
-            "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "report": cmd_report,
+            "synth": cmd_synth, "demo": cmd_demo}
+
+
+# Exceptions that mean wrong input (a one-line message, exit 2), by module. The
+# modules that load torch are only imported by the commands that need them, so
+# `raymae report` does not pay for torch: an error of theirs implies they were imported.
+USER_ERRORS = {"raymae.config": "ConfigError", "raymae.data": "DataError", "raymae.storage": "StorageError",
+               "raymae.artifact": "ArtifactError", "raymae.pretrained": "PretrainedError"}
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raymae.artifact import ArtifactError
-    from raymae.data import DataError
-    from raymae.pretrained import PretrainedError
-    from raymae.storage import StorageError
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, StorageError, ArtifactError, PretrainedError) as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"raymae {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -6,6 +6,9 @@ normalised area under the per-region-overlap curve of Bergmann et al.,
 "The MVTec Anomaly Detection Dataset", IJCV 2021, computed exactly as the
 MVTec AD evaluation code does (no threshold binning).
 
+The curves behind the areas are public too (:func:`roc_curve`,
+:func:`pro_curve`), for plots: the scalar metrics are computed from them.
+
 Every function checks its inputs and raises ``ValueError`` with a message
 that says what is wrong, rather than returning NaN or a warning.
 """
@@ -16,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import roc_curve as _sklearn_roc_curve
 
 # 8-connectivity: pixels touching at a corner belong to the same region.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
@@ -65,6 +69,14 @@ def _pixel_inputs(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.nda
     if m.shape != a.shape:
         raise ValueError(f"masks and maps differ in shape: {m.shape} vs {a.shape}")
     return m, a
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Image-level ROC curve: (FPR, TPR) arrays from (0, 0) to (1, 1), one point per useful threshold."""
+    y, s = _image_inputs(labels, scores)
+    _require_classes(y, "images")
+    fpr, tpr, _ = _sklearn_roc_curve(y, s)
+    return fpr, tpr
 
 
 def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
@@ -160,6 +172,18 @@ def _trapezoid(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return area
 
 
+def pro_curve(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The exact PRO curve: (pixel FPR, PRO) arrays from (0, 0) to (1, 1), the FPR non-decreasing.
+
+    One point per distinct anomaly-map value (tied pixels move together), so the
+    curve of a large test set has many points: thin it for a plot, not for the area.
+    ``masks`` and ``maps`` are (N, H, W), as for :func:`aupro`, which integrates it.
+    """
+    m, a = _pixel_inputs(masks, maps)
+    _require_classes(m, "pixels")
+    return _pro_curve(m, a)
+
+
 def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (Bergmann et al., IJCV 2021).
 
@@ -176,9 +200,7 @@ def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    m, a = _pixel_inputs(masks, maps)
-    _require_classes(m, "pixels")
-    fpr, pro = _pro_curve(m, a)
+    fpr, pro = pro_curve(masks, maps)
     return _trapezoid(fpr, pro, fpr_limit) / fpr_limit
 
 

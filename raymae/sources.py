@@ -199,3 +199,68 @@ def read_tar(source: Source, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[R
         else:
             where = f"after {n_read} image members" if n_read else "before any image member"
             yield RawImage(source.uri, source.uri, None, f"unreadable tar archive ({where}): {reason}")
+
+
+def split_member(image_uri: str) -> tuple[str, str | None]:
+    """``archive.tar#member`` -> (archive URI, member name); any other URI -> (itself, None)."""
+    archive, sep, member = image_uri.partition("#")
+    if sep and member and kind_of(archive) == TAR:
+        return archive, member
+    return image_uri, None
+
+
+def read_images(image_uris: list[str], max_file_bytes: int = MAX_FILE_BYTES, threads: int = 16) -> dict[str, RawImage]:
+    """Bytes of a few scored images again, by the ``image_uri`` scoring wrote: files, or tar members
+    (each archive streamed once, up to its last wanted member). Never raises: a file that is gone
+    or unreadable now is a RawImage whose ``error`` says why."""
+    files: list[str] = []
+    members: dict[str, set[str]] = {}
+    for uri in dict.fromkeys(image_uris):
+        archive, member = split_member(uri)
+        if member is None:
+            files.append(uri)
+        else:
+            members.setdefault(archive, set()).add(member)
+    out: dict[str, RawImage] = {}
+    if files:
+        with ThreadPoolExecutor(min(threads, len(files))) as pool:
+            out.update(zip(files, pool.map(lambda u: _read_again(u, max_file_bytes), files)))
+    for archive, wanted in members.items():
+        out.update(_read_members(archive, wanted, max_file_bytes))
+    return out
+
+
+def _read_again(uri: str, max_file_bytes: int) -> RawImage:
+    try:
+        fs, path = storage.resolve(uri)
+        size = int(fs.size(path) or 0)
+    except Exception as e:  # gone, permission denied, network
+        return RawImage(uri, uri, None, f"cannot read file: {type(e).__name__}: {e}")
+    return read_image(Source(uri, IMAGE, size), max_file_bytes)
+
+
+def _read_members(archive: str, wanted: set[str], max_file_bytes: int) -> dict[str, RawImage]:
+    found: dict[str, RawImage] = {}
+    left = set(wanted)
+    reason = "not in the archive"
+    try:
+        fs, path = storage.resolve(archive)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if member.name not in left or not member.isfile():
+                    continue
+                uri = f"{archive}#{member.name}"
+                if member.size > max_file_bytes:
+                    found[uri] = RawImage(uri, archive, None,
+                                          f"tar member too large: {member.size} bytes, limit {max_file_bytes}")
+                else:
+                    found[uri] = RawImage(uri, archive, tar.extractfile(member).read())
+                left.discard(member.name)
+                if not left:
+                    break
+    except Exception as e:  # gone, not a tar any more, truncated
+        reason = f"cannot read the archive: {type(e).__name__}: {e}"
+    for name in left:
+        uri = f"{archive}#{name}"
+        found[uri] = RawImage(uri, archive, None, reason)
+    return found

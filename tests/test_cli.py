@@ -59,6 +59,7 @@ def test_evaluate_prints_a_table_and_writes_its_files(capsys, trained_artifact, 
     assert code == 0
     assert "image_auroc" in out and "scratch" in out
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "scores.parquet").exists()
+    assert "<h1>Evaluation of model" in (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
 
 
 def test_evaluate_without_a_model_says_so(capsys, synthetic_dataset, tmp_path):
@@ -81,3 +82,6 @@ def test_the_demo_runs_the_whole_path_from_synthetic_data_to_nightly_parquet(ray
     assert table.num_rows == len(list((tmp_path / "data" / "test").glob("*/*.png")))
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert "anomalous" in out and "images/s" in out
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert f'id="images">{table.num_rows}<' in page
+    assert (tmp_path / "evaluation" / "report.html").exists()

@@ -15,6 +15,8 @@ from raymae.metrics import (
     pixel_ap,
     pixel_auroc,
     pixel_metrics,
+    pro_curve,
+    roc_curve,
 )
 
 
@@ -264,3 +266,31 @@ def test_pixel_auroc_and_aupro_need_a_normal_pixel(metric):
 def test_aupro_rejects_an_fpr_limit_outside_zero_to_one(fpr_limit):
     with pytest.raises(ValueError, match="fpr_limit"):
         aupro(GOOD_MASKS, GOOD_MAPS, fpr_limit)
+
+
+# --- the curves behind the areas, for plots ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_roc_curve_runs_from_0_0_to_1_1_and_its_area_is_the_auroc(seed):
+    labels, scores = _random_images(seed)
+    fpr, tpr = roc_curve(labels, scores)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(image_auroc(labels, scores))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_pro_curve_is_the_one_aupro_integrates(seed):
+    masks, maps = _random_pixels(seed)
+    fpr, pro = pro_curve(masks, maps)
+    assert (fpr[0], pro[0], fpr[-1]) == (0.0, 0.0, 1.0) and pro[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(pro) >= 0)
+    assert np.trapezoid(pro, fpr) == pytest.approx(aupro(masks, maps, fpr_limit=1.0))
+
+
+def test_the_curves_refuse_what_their_metrics_refuse():
+    with pytest.raises(ValueError, match="no normal images"):
+        roc_curve([1, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="no anomalous pixels"):
+        pro_curve(np.zeros((1, 2, 2)), np.zeros((1, 2, 2)))
