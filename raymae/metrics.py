@@ -15,10 +15,12 @@ that says what is wrong, rather than returning NaN or a warning.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score
 from sklearn.metrics import roc_curve as _sklearn_roc_curve
 
 # 8-connectivity: pixels touching at a corner belong to the same region.
@@ -103,14 +105,14 @@ def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
     """Pixel-level ROC AUC over all pixels of all images; ``masks`` and ``maps`` are (N, H, W)."""
     m, a = _pixel_inputs(masks, maps)
     _require_classes(m, "pixels")
-    return float(roc_auc_score(m.ravel(), a.ravel()))
+    return pixel_curves(m, a, regions=False).auroc()
 
 
 def pixel_ap(masks: ArrayLike, maps: ArrayLike) -> float:
     """Pixel-level average precision over all pixels of all images; ``masks`` and ``maps`` are (N, H, W)."""
     m, a = _pixel_inputs(masks, maps)
     _require_classes(m, "pixels", need_negative=False)
-    return float(average_precision_score(m.ravel(), a.ravel()))
+    return pixel_curves(m, a, regions=False).ap()
 
 
 def _inverse_region_areas(masks: np.ndarray) -> tuple[np.ndarray, int]:
@@ -129,12 +131,46 @@ def _inverse_region_areas(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return inv_area, num_regions
 
 
-def _pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (FPR, PRO) curve, one point per distinct score plus a leading (0, 0).
+@dataclass
+class PixelCurves:
+    """The pixel-level curves, one point per distinct map value plus a leading (0, 0).
 
-    Every normal pixel adds ``1 / num_normal`` to the FPR and every pixel of
-    ground-truth region ``r`` adds ``1 / (num_regions * area_r)`` to the PRO,
-    so walking the pixels by descending score and summing gives the curve.
+    Walking the pixels by descending score, each point counts the pixels at or
+    above that value (tied pixels move together):
+
+    * ``fpr``: share of the normal pixels counted;
+    * ``tpr``: share of the anomalous pixels counted (the recall);
+    * ``precision``: anomalous share of the pixels counted (1 at the leading point);
+    * ``pro``: mean over ground-truth regions of the share of the region counted
+      (``None`` when computed with ``regions=False``).
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    precision: np.ndarray
+    pro: np.ndarray | None = None
+
+    def auroc(self) -> float:
+        """Area under (fpr, tpr), trapezoids between the distinct thresholds."""
+        return float(np.sum(0.5 * (self.tpr[1:] + self.tpr[:-1]) * np.diff(self.fpr)))
+
+    def ap(self) -> float:
+        """Average precision as scikit-learn defines it: precision times each recall step, summed."""
+        return float(np.sum(np.diff(self.tpr) * self.precision[1:]))
+
+    def aupro(self, fpr_limit: float = 0.3) -> float:
+        """Normalised area under (fpr, pro) up to ``fpr_limit``."""
+        return _trapezoid(self.fpr, self.pro, fpr_limit) / fpr_limit
+
+
+def pixel_curves(masks: np.ndarray, maps: np.ndarray, regions: bool = True) -> PixelCurves:
+    """The curves of validated (N, H, W) bool masks and float maps, from one sort of all pixels.
+
+    Every normal pixel adds ``1 / num_normal`` to the FPR, every anomalous one
+    ``1 / num_anomalous`` to the TPR, and every pixel of ground-truth region ``r``
+    adds ``1 / (num_regions * area_r)`` to the PRO, so walking the pixels by
+    descending score and summing gives the curves. ``regions=False`` skips the
+    region labelling that only the PRO needs.
     """
     order = np.argsort(-maps.ravel())  # descending score
     sorted_scores = maps.ravel()[order]
@@ -142,19 +178,24 @@ def _pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndar
     keep = np.concatenate(([True], sorted_scores[1:] != sorted_scores[:-1], [True]))
     del sorted_scores
 
-    # One scratch array of per-pixel steps, reused for both sums; steps[0] = 0 is the curve's start.
+    # One scratch array of per-pixel steps, reused for both sums; steps[0] = 0 is the curves' start.
     steps = np.zeros(order.size + 1)
-    inv_area, num_regions = _inverse_region_areas(masks)
-    np.take(inv_area.ravel(), order, out=steps[1:], mode="clip")  # valid indices; "clip" avoids a copy
-    del inv_area
-    pro = np.cumsum(steps, out=steps)[keep]
-    pro /= num_regions
-    np.clip(pro, None, 1.0, out=pro)  # cumsum round-off must not exceed 1
+    steps[1:] = masks.ravel()[order]
+    tp = np.cumsum(steps, out=steps)[keep]
+    counted = np.flatnonzero(keep).astype(np.float64)  # pixels counted at each kept point
+    fp = counted - tp
+    precision = np.divide(tp, counted, out=np.ones_like(tp), where=counted > 0)
+    curves = PixelCurves(fpr=fp / max(fp[-1], 1.0), tpr=tp / max(tp[-1], 1.0), precision=precision)
 
-    steps[1:] = (~masks.ravel())[order]
-    fpr = np.cumsum(steps, out=steps)[keep]
-    fpr /= fpr[-1]  # the last point has counted every normal pixel
-    return fpr, pro
+    if regions:
+        inv_area, num_regions = _inverse_region_areas(masks)
+        steps[0] = 0.0
+        np.take(inv_area.ravel(), order, out=steps[1:], mode="clip")  # valid indices; "clip" avoids a copy
+        del inv_area
+        pro = np.cumsum(steps, out=steps)[keep]
+        pro /= max(num_regions, 1)
+        curves.pro = np.clip(pro, None, 1.0, out=pro)  # cumsum round-off must not exceed 1
+    return curves
 
 
 def _trapezoid(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
@@ -181,7 +222,8 @@ def pro_curve(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray
     """
     m, a = _pixel_inputs(masks, maps)
     _require_classes(m, "pixels")
-    return _pro_curve(m, a)
+    curves = pixel_curves(m, a)
+    return curves.fpr, curves.pro
 
 
 def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
@@ -200,8 +242,9 @@ def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    fpr, pro = pro_curve(masks, maps)
-    return _trapezoid(fpr, pro, fpr_limit) / fpr_limit
+    m, a = _pixel_inputs(masks, maps)
+    _require_classes(m, "pixels")
+    return pixel_curves(m, a).aupro(fpr_limit)
 
 
 def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
@@ -210,9 +253,10 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
 
 
 def pixel_metrics(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> dict[str, float]:
-    """``{"pixel_auroc", "pixel_ap", "aupro"}`` for (N, H, W) masks and anomaly maps."""
-    return {
-        "pixel_auroc": pixel_auroc(masks, maps),
-        "pixel_ap": pixel_ap(masks, maps),
-        "aupro": aupro(masks, maps, fpr_limit),
-    }
+    """``{"pixel_auroc", "pixel_ap", "aupro"}`` for (N, H, W) masks and anomaly maps, from one sort."""
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    m, a = _pixel_inputs(masks, maps)
+    _require_classes(m, "pixels")
+    curves = pixel_curves(m, a)
+    return {"pixel_auroc": curves.auroc(), "pixel_ap": curves.ap(), "aupro": curves.aupro(fpr_limit)}

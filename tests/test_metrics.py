@@ -77,6 +77,15 @@ def test_pixel_auroc_and_ap_agree_with_sklearn_over_flattened_pixels(seed):
     )
 
 
+def test_pixel_ap_needs_no_normal_pixel_and_agrees_with_sklearn_on_large_maps():
+    rng = np.random.default_rng(3)
+    masks = rng.random((3, 64, 64)) > 0.97
+    maps = np.round(rng.random(masks.shape) + masks * rng.random(masks.shape), 3).astype(np.float32)
+    assert pixel_ap(masks, maps) == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert pixel_ap(np.ones_like(masks), maps) == 1.0
+
+
 def test_convenience_functions_bundle_the_metrics():
     labels, scores = _random_images(0)
     masks, maps = _random_pixels(0)
