@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
+from raymae.data import MAX_PIXELS
+from raymae.sources import MAX_FILE_BYTES, MAX_TAR_MEMBERS
 
 log = logging.getLogger("raymae")
 
@@ -136,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--threads-per-actor", type=_positive,
                     help="torch threads of each replica on CPU (default: this machine's cores / --actors)")
     sc.add_argument("--heatmap-size", type=_positive, default=64, help="heatmap PNG side (default 64)")
+    lim = sc.add_argument_group("input limits (what is over one is an error row, the run goes on)")
+    lim.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
+                     help=f"pixels per image; more is refused as a decompression bomb (default {MAX_PIXELS})")
+    lim.add_argument("--max-file-bytes", type=_positive, default=MAX_FILE_BYTES,
+                     help=f"bytes per file or tar member, refused unread above (default {MAX_FILE_BYTES})")
+    lim.add_argument("--max-tar-members", type=_positive, default=MAX_TAR_MEMBERS,
+                     help=f"members read per tar archive (default {MAX_TAR_MEMBERS})")
 
     s = sub.add_parser("synth", help="write a synthetic MVTec-AD style dataset")
     s.add_argument("--out", required=True)
@@ -193,7 +202,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     opts = ScoreOptions(date=args.date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                         cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
-                        heatmap_size=args.heatmap_size)  # checks the date too
+                        heatmap_size=args.heatmap_size, max_pixels=args.max_pixels,
+                        max_file_bytes=args.max_file_bytes,
+                        max_tar_members=args.max_tar_members)  # checks the date too
     work = plan([u.replace("{date}", opts.date) for u in args.input], args.model,
                 args.output.replace("{date}", opts.date), opts)  # all checks before Ray starts
     _init_ray()

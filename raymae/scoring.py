@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 
 from raymae import heatmap, storage
 from raymae.data import MAX_PIXELS, DataError, load_image
-from raymae.sources import MAX_FILE_BYTES, TAR, Listing, Source, list_sources, read_sources
+from raymae.sources import (MAX_FILE_BYTES, MAX_TAR_MEMBERS, TAR, Limits, Listing, Source, list_sources,
+                            read_sources)
 
 if TYPE_CHECKING:  # torch and timm load only where the model runs, not in every CPU task
     from raymae.artifact import ModelArtifact
@@ -77,13 +78,14 @@ class ScoreOptions:
     heatmap_size: int = 64          # heatmap PNG side in pixels
     decode_batch_size: int = 32
     decode_in_actor: bool | None = None  # default: on CPU yes, with GPUs in separate CPU tasks
-    max_pixels: int = MAX_PIXELS
-    max_file_bytes: int = MAX_FILE_BYTES
+    max_pixels: int = MAX_PIXELS            # per image: more is refused as a decompression bomb
+    max_file_bytes: int = MAX_FILE_BYTES    # per file or tar member: more is refused unread
+    max_tar_members: int = MAX_TAR_MEMBERS  # per tar archive: members beyond are not read
 
     def __post_init__(self):
         self.date = parse_date(self.date)
         for name in ("batch_size", "actors", "heatmap_size", "decode_batch_size", "max_pixels",
-                     "max_file_bytes"):
+                     "max_file_bytes", "max_tar_members"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if not self.cpus_per_actor > 0:
@@ -96,6 +98,10 @@ class ScoreOptions:
             self.threads_per_actor = max(1, (os.cpu_count() or 1) // self.actors)
         elif self.threads_per_actor < 1:
             raise DataError(f"threads-per-actor must be at least 1, not {self.threads_per_actor}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_file_bytes=self.max_file_bytes, max_tar_members=self.max_tar_members)
 
 
 @dataclass
@@ -156,13 +162,13 @@ RAW_SCHEMA = pa.schema([("image_uri", pa.string()), ("source_uri", pa.string()),
                         ("data", pa.binary()), ("error", pa.string())])
 
 
-def read_group(batch: dict, max_file_bytes: int = MAX_FILE_BYTES, chunk: int = 32) -> Iterator[pa.Table]:
+def read_group(batch: dict, limits: Limits = Limits(), chunk: int = 32) -> Iterator[pa.Table]:
     """A batch of source groups -> tables of raw bytes, ``chunk`` rows at a time (tars stream)."""
     sources = [Source(str(u), str(k), int(n))
                for uris, kinds, sizes in zip(batch["uris"], batch["kinds"], batch["sizes"])
                for u, k, n in zip(uris, kinds, sizes)]
     rows: list = []
-    for raw in read_sources(sources, max_file_bytes=max_file_bytes):
+    for raw in read_sources(sources, limits=limits):
         rows.append(raw)
         if len(rows) >= chunk:
             yield _raw_table(rows)
@@ -195,6 +201,9 @@ def decode_images(batch, image_size: int, max_pixels: int = MAX_PIXELS) -> dict[
             img = load_image(data, s, max_pixels)
         except DataError as e:
             errors[i] = str(e)
+            continue
+        except Exception as e:  # a Pillow failure nobody foresaw is one image's error, not the run's
+            errors[i] = f"not a readable image: {type(e).__name__}: {e}"
             continue
         pixels[i], height[i], width[i] = img.pixels, img.height, img.width
     return {"image_uri": np.array(uris, dtype=object),
@@ -284,7 +293,7 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
     groups = group_sources(listing.sources)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"max_file_bytes": opts.max_file_bytes})
+                        fn_kwargs={"limits": opts.limits})
     decode = {"image_size": artifact.config.model.image_size, "max_pixels": opts.max_pixels}
     if not opts.decode_in_actor:
         # CPU tasks decode for the GPU actors. A decode task may hold one image of

@@ -91,3 +91,27 @@ def model_dir(trained_artifact, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("model") / "tiny"
     trained_artifact.save(str(path))
     return str(path)
+
+
+# ------------------------------------------------------------------ reliability figures
+def pytest_addoption(parser):
+    parser.addoption("--reliability-json", default=None,
+                     help="write what the fault-injection tests saw to this JSON file")
+
+
+@pytest.fixture(scope="session")
+def reliability_log(request):
+    from tests.reliability_log import ReliabilityLog
+
+    log = ReliabilityLog()
+    yield log
+    path = request.config.getoption("--reliability-json")
+    if path:
+        log.write(path, {"pytest_args": request.config.invocation_params.args})
+
+
+@pytest.fixture
+def reliability(reliability_log, request):
+    """The session's ReliabilityLog, told which test is recording."""
+    reliability_log.current_test = request.node.name
+    return reliability_log
