@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     from raymae.artifact import ArtifactError
     from raymae.data import DataError
     from raymae.pretrained import PretrainedError
+    from raymae.scoring import ScoringFailed
     from raymae.storage import StorageError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, StorageError, ArtifactError, PretrainedError) as e:
         print(f"raymae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except ScoringFailed as e:  # the run itself failed (not its arguments)
+        print(f"raymae {args.command}: failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ partition only after the new one is completely written.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -328,18 +329,34 @@ class ScoringPlan:
 
 
 def plan(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) -> ScoringPlan:
-    """List the inputs and load the model; raises DataError / ArtifactError / StorageError."""
+    """List the inputs, load the model, check the output is writable; raises DataError /
+    ArtifactError / StorageError, all before anything is scored."""
     from raymae.artifact import ModelArtifact
 
     listing = list_sources(inputs)
     model_uri = storage.absolute_uri(model_uri)
-    storage.resolve(output)  # a bad output URI fails now, not after scoring
-    return ScoringPlan(inputs, listing, model_uri, ModelArtifact.load(model_uri),
-                       storage.absolute_uri(output), opts)
+    artifact = ModelArtifact.load(model_uri)
+    output = storage.absolute_uri(output)
+    storage.check_writable(storage.join(output, STAGING))  # not after hours of scoring
+    return ScoringPlan(inputs, listing, model_uri, artifact, output, opts)
+
+
+class ScoringFailed(RuntimeError):
+    """A run that could not finish; nothing of it was published (the date's partition is as before)."""
+
+
+MARKER = "_SUCCESS"  # written last into a complete partition; readers skip _files
 
 
 def run(p: ScoringPlan) -> ScoreSummary:
-    """Score and write one date's partition (Ray must be initialised); returns the counts."""
+    """Score and write one date's partition (Ray must be initialised); returns the counts.
+
+    The rows go to a staging folder first; they are published (swapped in for the
+    date's partition, then ``_SUCCESS`` written) only when every listed input has
+    its rows and no loose file has two. A run that fails or is killed before that
+    leaves the previous partition as it was; one killed while publishing leaves a
+    partition without ``_SUCCESS``, which a rerun of the date replaces.
+    """
     from ray.data import SaveMode
     from ray.data.datasource import FilenameProvider
 
@@ -354,20 +371,40 @@ def run(p: ScoringPlan) -> ScoreSummary:
              artifact.calibration.threshold, opts.date)
     staging = storage.join(p.output, STAGING, f"{PARTITION}={opts.date}-{uuid.uuid4().hex[:12]}")
     filesystem, staging_path = storage.arrow_filesystem(staging)
+    partition = partition_uri(p.output, opts.date)
     try:
-        build_dataset(p.listing, p.model_uri, artifact, opts).write_parquet(
-            staging_path, filesystem=filesystem, filename_provider=PartFiles(),
-            min_rows_per_file=10_000, mode=SaveMode.OVERWRITE)  # a fresh folder of this run
+        try:
+            build_dataset(p.listing, p.model_uri, artifact, opts).write_parquet(
+                staging_path, filesystem=filesystem, filename_provider=PartFiles(),
+                min_rows_per_file=10_000, mode=SaveMode.OVERWRITE)  # a fresh folder of this run
+        except Exception as e:  # Ray wraps the cause (a task's error, a lost node) in its own types
+            raise ScoringFailed(f"scoring {opts.date} failed, nothing was published "
+                                f"({partition} is as it was): {root_cause(e)}") from e
         counts = count_rows(staging)
         if counts["images"] == 0:
             raise DataError(f"no images found in {', '.join(p.inputs)}: "
                             f"the tar shards hold no image members")
-        publish(staging, partition_uri(p.output, opts.date))
+        check_complete(staging, p.listing)
+        publish(staging, partition, {**counts, "model_id": artifact.model_id})
+        remove_stale_staging(p.output, opts.date)
     finally:
         remove(staging)
         remove(storage.join(p.output, STAGING), only_if_empty=True)
-    return ScoreSummary(output=partition_uri(p.output, opts.date), seconds=time.time() - start,
+    return ScoreSummary(output=partition, seconds=time.time() - start,
                         model_id=artifact.model_id, skipped=p.listing.skipped, **counts)
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost cause of a (Ray-wrapped) exception, on one line."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    text = str(e).strip().splitlines()  # Ray appends its retry advice on further lines
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def score(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) -> ScoreSummary:
@@ -375,10 +412,15 @@ def score(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) ->
     return run(plan(inputs, model_uri, output, opts))
 
 
+def _parquet_files(uri: str) -> tuple:
+    fs, path = storage.resolve(uri)
+    fs.invalidate_cache(path)  # Ray workers wrote here, not this process
+    return fs, ([f for f in fs.find(path) if f.endswith(".parquet")] if fs.exists(path) else [])
+
+
 def count_rows(uri: str) -> dict[str, int]:
     """images / ok / errors / anomalous in the Parquet files under ``uri``."""
-    fs, path = storage.resolve(uri)
-    files = [f for f in fs.find(path) if f.endswith(".parquet")] if fs.exists(path) else []
+    fs, files = _parquet_files(uri)
     if not files:
         return {"images": 0, "ok": 0, "errors": 0, "anomalous": 0}
     table = pq.ParquetDataset(files, filesystem=fs).read(columns=["status", "is_anomalous"])
@@ -388,15 +430,56 @@ def count_rows(uri: str) -> dict[str, int]:
             "errors": int((status == "error").sum()), "anomalous": int(anomalous.sum())}
 
 
-def publish(staging: str, partition: str) -> None:
-    """Replace the date's partition with the staged files (other dates are untouched)."""
+def check_complete(staging: str, listing: Listing) -> None:
+    """Every listed file has rows, and every loose image exactly one; else ScoringFailed.
+
+    (A tar may name two members alike, so members are not checked for repeats.)
+    """
+    fs, files = _parquet_files(staging)
+    table = pq.ParquetDataset(files, filesystem=fs).read(columns=["image_uri", "source_uri"])
+    sources = table.column("source_uri").to_pylist()
+    loose = [u for u, s in zip(table.column("image_uri").to_pylist(), sources) if u == s]
+    missing = sorted({s.uri for s in listing.sources} - set(sources))
+    repeated = sorted({u for u in loose if loose.count(u) > 1}) if len(loose) != len(set(loose)) else []
+    if missing or repeated:
+        raise ScoringFailed(f"the output is incomplete, nothing was published: {len(missing)} inputs "
+                            f"without a row (e.g. {missing[:1]}), {len(repeated)} with more than one "
+                            f"(e.g. {repeated[:1]})")
+
+
+def publish(staging: str, partition: str, counts: dict) -> None:
+    """Replace the date's partition with the staged files (other dates are untouched),
+    then mark it complete with ``_SUCCESS`` (JSON: the counts and when)."""
     fs, staged = storage.resolve(staging)
     _, target = storage.resolve(partition)
+    fs.invalidate_cache(target)
+    if fs.exists(f"{target}/{MARKER}"):
+        fs.rm(f"{target}/{MARKER}")  # first: from here until the end the partition is incomplete
     if fs.exists(target):
         fs.rm(target, recursive=True)
     fs.makedirs(target, exist_ok=True)
     for f in sorted(fs.find(staged)):
         fs.mv(f, f"{target}/{f[len(staged):].lstrip('/')}")
+    marker = {**counts, "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(storage.join(partition, MARKER), json.dumps(marker).encode())
+
+
+def is_complete(partition: str) -> bool:
+    """Whether a partition was completely published (its ``_SUCCESS`` exists)."""
+    fs, path = storage.resolve(partition)
+    fs.invalidate_cache(path)
+    return fs.exists(f"{path}/{MARKER}")
+
+
+def remove_stale_staging(output: str, date: str) -> None:
+    """Staging folders of this date left by runs that were killed (their rows were never published)."""
+    fs, root = storage.resolve(storage.join(output, STAGING))
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return
+    for path in fs.ls(root, detail=False):
+        if path.rstrip("/").rsplit("/", 1)[-1].startswith(f"{PARTITION}={date}-"):
+            remove(path if "://" not in output else f"{storage.scheme_of(output)}://{path}")
 
 
 def remove(uri: str, only_if_empty: bool = False) -> None:

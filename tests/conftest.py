@@ -38,27 +38,52 @@ def trained_artifact(synthetic_dataset):
     return train_local(synthetic_dataset, tiny_recipe())
 
 
+# Recognisable fake credentials: tests look for them in logs, errors and outputs.
+FAKE_ACCESS_KEY_ID = "RAYMAEFAKEKEYID00001"
+FAKE_SECRET_ACCESS_KEY = "raymae/FAKE+secret/never-to-be-logged/0042"
+
+
 @pytest.fixture(scope="session")
-def s3_server():
-    """A real S3 HTTP endpoint (moto) on loopback; AWS_* variables point every client at it."""
+def s3_proxy():
+    """A real S3 HTTP endpoint (moto) on loopback behind a proxy that injects faults when told
+    (tests/faulty_s3.py; it passes everything through otherwise). AWS_* variables point every
+    client at the proxy, with recognisable fake credentials."""
     import os
 
     from moto.server import ThreadedMotoServer
 
+    from tests.faulty_s3 import FaultyS3Proxy
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    proxy = FaultyS3Proxy(f"http://{host}:{port}").start()
+    env = {"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY_ID,
+           "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_ACCESS_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield env["AWS_ENDPOINT_URL"]
+    yield proxy
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    proxy.stop()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_proxy) -> str:
+    """The S3 endpoint every client uses."""
+    return s3_proxy.endpoint
+
+
+@pytest.fixture
+def s3_faults(s3_proxy):
+    """The fault-injecting proxy, with no faults again after the test."""
+    s3_proxy.clear()
+    yield s3_proxy
+    s3_proxy.clear()
 
 
 @pytest.fixture

@@ -137,8 +137,9 @@ def test_every_image_in_is_one_row_out_and_broken_files_say_why(night, dump):
 def test_the_output_follows_the_documented_schema_in_a_hive_partition(night, model_dir, trained_artifact):
     out = Path(night["out"])
     assert [p.name for p in out.iterdir()] == [f"date={DAY1}"]  # no staging left behind
-    names = [p.name for p in (out / f"date={DAY1}").iterdir()]
-    assert names and all(re.fullmatch(r"part-\d{5}(-\d+)?\.parquet", n) for n in names), names
+    names = sorted(p.name for p in (out / f"date={DAY1}").iterdir())
+    assert names[0] == "_SUCCESS", names  # written last: the partition is complete
+    assert names[1:] and all(re.fullmatch(r"part-\d{5}(-\d+)?\.parquet", n) for n in names[1:]), names
     table = night["table"]
     assert table.schema == OUTPUT_SCHEMA
     ok = [r for r in table.to_pylist() if r["status"] == "ok"]
@@ -210,8 +211,9 @@ def test_inputs_model_and_output_can_all_live_in_s3(ray_local, dump, model_dir, 
                     ScoreOptions(date=DAY1, batch_size=8))
 
     fs.invalidate_cache()
-    files = fs.find(f"{s3_bucket}/scores")
+    files = [f for f in fs.find(f"{s3_bucket}/scores") if not f.endswith("/_SUCCESS")]
     assert files and all(f.startswith(f"{s3_bucket[5:]}/scores/date={DAY1}/part-") for f in files)
+    assert fs.exists(f"{s3_bucket}/scores/date={DAY1}/_SUCCESS")
     table = pds.dataset(files, filesystem=fs, format="parquet").to_table()
     n_line1 = len(list((Path(dump["root"]) / "line1").iterdir()))
     assert table.num_rows == summary.images == n_line1 + 4 and summary.errors == 0
