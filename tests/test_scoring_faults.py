@@ -1,0 +1,153 @@
+"""Scoring keeps every image when its processes die: a killed model actor, a driver killed
+while it writes or publishes the Parquet output (then the date is rerun)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.dataset as pds
+import pytest
+
+from raymae import storage
+from raymae.scoring import MARKER, STAGING, ScoreOptions, is_complete, partition_uri, score
+from tests.badfiles import write_tar
+from tests.ray_faults import actors, kill_actor_process, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = "2026-11-30"
+SCORER = "ScoreImages"  # the model actors' class name contains it
+
+
+def rows_of(partition: str) -> list[dict]:
+    fs, path = storage.resolve(partition)
+    fs.invalidate_cache()
+    files = [f for f in fs.find(path) if f.endswith(".parquet")]
+    return pds.dataset(files, filesystem=fs, format="parquet").to_table().to_pylist() if files else []
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ a killed model actor
+@pytest.fixture(scope="module")
+def big_night(s3_server, synthetic_dataset) -> dict:
+    """240 images in S3, so that a run lasts long enough to be interrupted, and the model."""
+    fs, _ = storage.resolve("s3://any-bucket")
+    bucket = f"raymae-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(bucket)
+    test = sorted(Path(synthetic_dataset, "test").glob("*/*.png"))
+    local = Path(synthetic_dataset).parent / "big-night"
+    for i in range(240):
+        dest = local / f"cam{i % 4}" / f"{i:04d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(test[i % len(test)], dest)
+    fs.put(str(local) + "/", f"s3://{bucket}/dump/", recursive=True)
+    fs.invalidate_cache()
+    images = sorted(f"s3://{f}" for f in fs.find(f"{bucket}/dump"))
+    assert len(images) == 240
+    return {"bucket": bucket, "input": f"s3://{bucket}/dump/", "images": images}
+
+
+def test_a_killed_model_actor_is_restarted_and_every_image_is_scored_once(
+        ray_local, big_night, model_dir, s3_faults, tmp_path, reliability):
+    """The S3 proxy counts image reads (reading happens inside the model actors), so the
+    actor is killed once a third of the night has been read, whatever the machine's speed."""
+    image_gets = r"/dump/cam\d/\d{4}\.png"
+    s3_faults.set()  # no faults: only counting
+    killed: list[dict] = []
+
+    def kill_a_model_actor_a_third_of_the_way() -> None:
+        if not wait_for(lambda: s3_faults.count("GET", image_gets) >= 80, timeout=300):
+            return
+        alive = actors(SCORER)
+        if alive:
+            kill_actor_process(alive[0])
+            killed.append({**alive[0], "at": datetime.now(timezone.utc).replace(tzinfo=None)})
+
+    killer = threading.Thread(target=kill_a_model_actor_a_third_of_the_way, daemon=True)
+    killer.start()
+    out = str(tmp_path / "scores")
+    summary = score([big_night["input"]], model_dir, out, ScoreOptions(date=DAY, batch_size=8, heatmap_size=8))
+    killer.join(timeout=10)
+    rows = rows_of(partition_uri(out, DAY))
+    restarted = [a for a in actors(SCORER, state=None) if killed and a["ActorID"] == killed[0]["ActorID"]]
+    reliability.run("model actor SIGKILLed a third of the way through scoring", len(killed), True,
+                    big_night["images"], [r["image_uri"] for r in rows])
+
+    assert killed, "the actor was never killed"
+    assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray restarted it ...
+    assert any(r["scored_at"].replace(tzinfo=None) > killed[0]["at"] for r in rows)  # ... and it went on
+    assert sorted(r["image_uri"] for r in rows) == big_night["images"]  # every image exactly once
+    assert summary.images == 240 and summary.errors == 0
+
+
+# ------------------------------------------------------------------ a driver killed mid-write
+@pytest.fixture(scope="module")
+def small_night(synthetic_dataset, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("small-night")
+    test = sorted(Path(synthetic_dataset, "test").glob("*/*.png"))
+    for i, f in enumerate(test):
+        dest = root / f"line{i % 2 + 1}" / f"{f.parent.name}-{f.name}"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copy(f, dest)
+    shard = write_tar(root / "shards" / "shard-000.tar", {f"good/{f.name}": f.read_bytes() for f in test[:4]})
+    images = sorted([str(p) for p in root.glob("line*/*.png")] + [f"{shard}#good/{f.name}" for f in test[:4]])
+    return {"root": str(root), "images": images}
+
+
+def crashing_run(point: str, night: dict, model_dir: str, out: Path) -> subprocess.CompletedProcess:
+    import ray
+
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "crashing_score.py"), point, "--input", night["root"],
+         "--model", model_dir, "--output", str(out), "--date", DAY, "--batch-size", "8", "--heatmap-size", "8"],
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True, text=True, timeout=600)
+
+
+def test_a_crash_while_writing_or_publishing_then_a_rerun_leaves_one_complete_copy(
+        ray_local, small_night, model_dir, tmp_path, reliability):
+    out = tmp_path / "scores"
+    partition = out / f"date={DAY}"
+    opts = ScoreOptions(date=DAY, batch_size=8, heatmap_size=8)
+    score([small_night["root"]], model_dir, str(out), opts)  # an earlier complete run of the night
+    published = snapshot(partition)
+
+    # 1. killed while the rows are written: the published copy is untouched
+    crash = crashing_run("writing", small_night, model_dir, out)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
+    assert list((out / STAGING).glob("*/*.parquet")), "it died before any Parquet was written"
+    assert snapshot(partition) == published and is_complete(str(partition))
+
+    rerun = score([small_night["root"]], model_dir, str(out), opts)
+    rows = rows_of(str(partition))
+    reliability.run("driver SIGKILLed while writing Parquet, then the date rerun", 1, True,
+                    small_night["images"], [r["image_uri"] for r in rows])
+    assert sorted(r["image_uri"] for r in rows) == small_night["images"] and rerun.images == len(rows)
+    assert is_complete(str(partition)) and not (out / STAGING).exists()  # the crashed run's staging is gone
+
+    # 2. killed in the middle of the swap: the partition says it is incomplete
+    crash = crashing_run("publishing", small_night, model_dir, out)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
+    assert not is_complete(str(partition)) and not (partition / MARKER).exists()
+
+    rerun = score([small_night["root"]], model_dir, str(out), opts)
+    rows = rows_of(str(partition))
+    reliability.run("driver SIGKILLed while publishing the partition, then the date rerun", 1, True,
+                    small_night["images"], [r["image_uri"] for r in rows])
+    assert sorted(r["image_uri"] for r in rows) == small_night["images"] and rerun.images == len(rows)
+    assert is_complete(str(partition)) and not (out / STAGING).exists()
+    assert sorted(p.name for p in out.iterdir()) == [f"date={DAY}"]
