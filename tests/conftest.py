@@ -118,6 +118,32 @@ def model_dir(trained_artifact, tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def s3_night_240(s3_server, synthetic_dataset, tmp_path_factory) -> dict:
+    """240 images in S3 under four camera folders: a night long enough to be interrupted."""
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from raymae import storage
+
+    fs, _ = storage.resolve("s3://any-bucket")
+    bucket = f"raymae-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(bucket)
+    test = sorted(Path(synthetic_dataset, "test").glob("*/*.png"))
+    local = tmp_path_factory.mktemp("night-240")
+    for i in range(240):
+        dest = local / f"cam{i % 4}" / f"{i:04d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(test[i % len(test)], dest)
+    fs.put(str(local) + "/", f"s3://{bucket}/dump/", recursive=True)
+    fs.invalidate_cache()
+    images = sorted(f"s3://{f}" for f in fs.find(f"{bucket}/dump"))
+    assert len(images) == 240
+    return {"bucket": bucket, "input": f"s3://{bucket}/dump/", "images": images,
+            "reads": r"/dump/cam\d/\d{4}\.png"}  # the request paths of its images
+
+
 # ------------------------------------------------------------------ reliability figures
 def pytest_addoption(parser):
     parser.addoption("--reliability-json", default=None,

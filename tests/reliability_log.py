@@ -26,6 +26,18 @@ class FaultRun:
 
 
 @dataclass
+class TrainingRun:
+    test: str
+    fault: str
+    injected: int
+    completed: bool           # the artifact was written
+    resumed_at: list[dict]    # {"stage", "epoch"} of each restart: epochs already done, never all zero
+    epochs: int               # epochs the recipe asks for
+    epochs_missing: int       # epochs absent from the carried loss history
+    epochs_repeated: int      # epochs in it more than once
+
+
+@dataclass
 class BadInput:
     kinds_tried: list[str]
     kinds_handled: list[str]
@@ -36,6 +48,7 @@ class BadInput:
 @dataclass
 class ReliabilityLog:
     runs: list[FaultRun] = field(default_factory=list)
+    training: list[TrainingRun] = field(default_factory=list)
     bad_inputs: list[BadInput] = field(default_factory=list)
     current_test: str = ""
 
@@ -47,6 +60,17 @@ class ReliabilityLog:
                          lost=len(set(expected) - set(counts)),
                          duplicates=sum(n - 1 for n in counts.values()))
         self.runs.append(entry)
+        return entry
+
+    def training_run(self, fault: str, injected: int, artifact, stage_epochs: tuple[int, int]) -> TrainingRun:
+        """Record a training run from its artifact's carried history and resume events."""
+        expected = [(1, e) for e in range(1, stage_epochs[0] + 1)] + [(2, e) for e in range(1, stage_epochs[1] + 1)]
+        done = Counter((h["stage"], h["epoch"]) for h in artifact.info["history"]) if artifact else Counter()
+        entry = TrainingRun(self.current_test, fault, injected, artifact is not None,
+                            list(artifact.info.get("resumes", [])) if artifact else [], len(expected),
+                            epochs_missing=sum(e not in done for e in expected),
+                            epochs_repeated=sum(n - 1 for n in done.values()))
+        self.training.append(entry)
         return entry
 
     def bad_input(self, tried: list[str], handled: list[str], inputs: int, rows_out: int) -> None:
@@ -64,10 +88,17 @@ class ReliabilityLog:
             "rows_out": sum(r["rows_out"] for r in runs),
             "rows_lost": sum(r["lost"] for r in runs),
             "duplicates": sum(r["duplicates"] for r in runs),
+            "training_runs": len(self.training),
+            "training_runs_completed": sum(t.completed for t in self.training),
+            "training_restarts_from_epoch_zero": sum(
+                not (r["stage"] > 1 or r["epoch"] > 0) for t in self.training for r in t.resumed_at),
+            "training_epochs_missing": sum(t.epochs_missing for t in self.training),
+            "training_epochs_repeated": sum(t.epochs_repeated for t in self.training),
             "bad_input_kinds_tried": len(kinds),
             "bad_input_kinds_handled": len(handled),
             "bad_input_kinds": kinds,
             "fault_runs": runs,
+            "training_fault_runs": [asdict(t) for t in self.training],
         }
 
     def write(self, path: str, extra: dict) -> None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,35 +40,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------ a killed model actor
-@pytest.fixture(scope="module")
-def big_night(s3_server, synthetic_dataset) -> dict:
-    """240 images in S3, so that a run lasts long enough to be interrupted, and the model."""
-    fs, _ = storage.resolve("s3://any-bucket")
-    bucket = f"raymae-{uuid.uuid4().hex[:10]}"
-    fs.mkdir(bucket)
-    test = sorted(Path(synthetic_dataset, "test").glob("*/*.png"))
-    local = Path(synthetic_dataset).parent / "big-night"
-    for i in range(240):
-        dest = local / f"cam{i % 4}" / f"{i:04d}.png"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(test[i % len(test)], dest)
-    fs.put(str(local) + "/", f"s3://{bucket}/dump/", recursive=True)
-    fs.invalidate_cache()
-    images = sorted(f"s3://{f}" for f in fs.find(f"{bucket}/dump"))
-    assert len(images) == 240
-    return {"bucket": bucket, "input": f"s3://{bucket}/dump/", "images": images}
-
-
 def test_a_killed_model_actor_is_restarted_and_every_image_is_scored_once(
-        ray_local, big_night, model_dir, s3_faults, tmp_path, reliability):
+        ray_local, s3_night_240, model_dir, s3_faults, tmp_path, reliability):
     """The S3 proxy counts image reads (reading happens inside the model actors), so the
     actor is killed once a third of the night has been read, whatever the machine's speed."""
-    image_gets = r"/dump/cam\d/\d{4}\.png"
     s3_faults.set()  # no faults: only counting
     killed: list[dict] = []
 
     def kill_a_model_actor_a_third_of_the_way() -> None:
-        if not wait_for(lambda: s3_faults.count("GET", image_gets) >= 80, timeout=300):
+        if not wait_for(lambda: s3_faults.count("GET", s3_night_240["reads"]) >= 80, timeout=300):
             return
         alive = actors(SCORER)
         if alive:
@@ -79,17 +58,17 @@ def test_a_killed_model_actor_is_restarted_and_every_image_is_scored_once(
     killer = threading.Thread(target=kill_a_model_actor_a_third_of_the_way, daemon=True)
     killer.start()
     out = str(tmp_path / "scores")
-    summary = score([big_night["input"]], model_dir, out, ScoreOptions(date=DAY, batch_size=8, heatmap_size=8))
+    summary = score([s3_night_240["input"]], model_dir, out, ScoreOptions(date=DAY, batch_size=8, heatmap_size=8))
     killer.join(timeout=10)
     rows = rows_of(partition_uri(out, DAY))
     restarted = [a for a in actors(SCORER, state=None) if killed and a["ActorID"] == killed[0]["ActorID"]]
     reliability.run("model actor SIGKILLed a third of the way through scoring", len(killed), True,
-                    big_night["images"], [r["image_uri"] for r in rows])
+                    s3_night_240["images"], [r["image_uri"] for r in rows])
 
     assert killed, "the actor was never killed"
     assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray restarted it ...
     assert any(r["scored_at"].replace(tzinfo=None) > killed[0]["at"] for r in rows)  # ... and it went on
-    assert sorted(r["image_uri"] for r in rows) == big_night["images"]  # every image exactly once
+    assert sorted(r["image_uri"] for r in rows) == s3_night_240["images"]  # every image exactly once
     assert summary.images == 240 and summary.errors == 0
 
 
