@@ -111,7 +111,7 @@ def test_a_killed_driver_resubmitted_with_the_same_run_name_resumes(ray_local, s
                                                                     reliability):
     import ray
 
-    epochs = (8, 2)
+    epochs = (6, 1)
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(tiny_recipe(*epochs).to_dict()))
     run_dir = tmp_path / "runs" / "nightly-model"
