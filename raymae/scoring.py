@@ -435,16 +435,19 @@ def check_complete(staging: str, listing: Listing) -> None:
 
     (A tar may name two members alike, so members are not checked for repeats.)
     """
+    import pyarrow.compute as pc
+
     fs, files = _parquet_files(staging)
     table = pq.ParquetDataset(files, filesystem=fs).read(columns=["image_uri", "source_uri"])
-    sources = table.column("source_uri").to_pylist()
-    loose = [u for u, s in zip(table.column("image_uri").to_pylist(), sources) if u == s]
-    missing = sorted({s.uri for s in listing.sources} - set(sources))
-    repeated = sorted({u for u in loose if loose.count(u) > 1}) if len(loose) != len(set(loose)) else []
+    found = set(pc.unique(table.column("source_uri")).to_pylist())
+    missing = sorted(s.uri for s in listing.sources if s.uri not in found)
+    loose = pc.filter(table.column("image_uri"), pc.equal(table.column("image_uri"), table.column("source_uri")))
+    counts = pc.value_counts(loose)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist()
     if missing or repeated:
         raise ScoringFailed(f"the output is incomplete, nothing was published: {len(missing)} inputs "
                             f"without a row (e.g. {missing[:1]}), {len(repeated)} with more than one "
-                            f"(e.g. {repeated[:1]})")
+                            f"(e.g. {sorted(repeated)[:1]})")
 
 
 def publish(staging: str, partition: str, counts: dict) -> None:

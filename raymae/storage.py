@@ -113,7 +113,8 @@ def arrow_filesystem(uri: str):
 def check_writable(uri: str) -> None:
     """Write and delete a small probe object under ``uri``; StorageError says why it cannot be written.
 
-    Local folders the probe had to create are removed again.
+    Local folders the probe had to create are removed again; a missing bucket is an
+    error, not created.
     """
     import uuid
 
@@ -126,7 +127,8 @@ def check_writable(uri: str) -> None:
             created = folder  # the outermost folder the probe creates
     probe = f"{path.rstrip('/')}/.write-probe-{uuid.uuid4().hex[:12]}"
     try:
-        fs.makedirs(path, exist_ok=True)
+        if created is not None:  # object stores have no folders (and s3fs would create a missing bucket)
+            fs.makedirs(path, exist_ok=True)
         with fs.open(probe, "wb") as f:
             f.write(b"")
         fs.rm(probe)

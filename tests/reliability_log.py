@@ -18,7 +18,8 @@ class FaultRun:
     test: str
     fault: str              # what was injected
     injected: int           # how many times
-    completed: bool         # the run finished (or failed exactly as it must)
+    completed: bool         # the run finished and published its rows
+    stopped_cleanly: bool   # or it had to stop: with a clear error, publishing nothing
     inputs: int             # images in
     rows_out: int           # rows in the output
     lost: int               # inputs with no row
@@ -53,10 +54,11 @@ class ReliabilityLog:
     current_test: str = ""
 
     def run(self, fault: str, injected: int, completed: bool, expected: list[str] | set[str],
-            output: list[str]) -> FaultRun:
+            output: list[str], stopped_cleanly: bool = False) -> FaultRun:
         """Record one run: `expected` image URIs in, `output` image URIs out (with repeats)."""
         counts = Counter(output)
-        entry = FaultRun(self.current_test, fault, injected, completed, len(set(expected)), len(output),
+        entry = FaultRun(self.current_test, fault, injected, completed, stopped_cleanly,
+                         len(set(expected)), len(output),
                          lost=len(set(expected) - set(counts)),
                          duplicates=sum(n - 1 for n in counts.values()))
         self.runs.append(entry)
@@ -84,6 +86,7 @@ class ReliabilityLog:
             "faults_injected": sum(r["injected"] for r in runs),
             "runs": len(runs),
             "runs_completed": sum(r["completed"] for r in runs),
+            "runs_stopped_cleanly": sum(r["stopped_cleanly"] for r in runs),
             "inputs_in": sum(r["inputs"] for r in runs),
             "rows_out": sum(r["rows_out"] for r in runs),
             "rows_lost": sum(r["lost"] for r in runs),

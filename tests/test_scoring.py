@@ -251,3 +251,26 @@ def test_the_readme_queries_run_on_the_output_with_duckdb_and_pandas(night, dump
     assert scope["top"].score.tolist() == pytest.approx(expected_top)
     assert scope["per_day"][DAY1] == pytest.approx(day1[2])
     assert set(scope["errors"][scope["errors"].date == DAY1].image_uri) == {r[1] for r in errors if str(r[0]) == DAY1}
+
+
+def test_the_completeness_check_refuses_a_lost_or_repeated_image(tmp_path):
+    import pyarrow.parquet as pq
+
+    from raymae.scoring import ScoringFailed, check_complete
+    from raymae.sources import IMAGE, Listing, Source
+
+    listing = Listing([Source(f"/d/{n}.png", IMAGE, 1) for n in "abc"] + [Source("/d/s.tar", "tar", 1)])
+
+    def staged(uris: list[str]) -> str:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        sources = [u.split("#")[0] for u in uris]
+        pq.write_table(pa.table({"image_uri": uris, "source_uri": sources}), folder / "part-00000.parquet")
+        return str(folder)
+
+    members = ["/d/s.tar#x.png", "/d/s.tar#x.png"]  # a tar may hold two members of one name
+    check_complete(staged(["/d/a.png", "/d/b.png", "/d/c.png", *members]), listing)
+    with pytest.raises(ScoringFailed, match="1 inputs without a row"):
+        check_complete(staged(["/d/a.png", "/d/b.png", *members]), listing)
+    with pytest.raises(ScoringFailed, match="1 with more than one"):
+        check_complete(staged(["/d/a.png", "/d/b.png", "/d/c.png", "/d/c.png", *members]), listing)

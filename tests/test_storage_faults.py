@@ -178,10 +178,27 @@ def test_an_unwritable_output_bucket_is_a_clear_error_before_anything_is_scored(
     s3_faults.set(Rule("denied", methods=("PUT", "POST", "DELETE"), path=f"^/{readonly}/"))
     code, err = score_cli(capfd, night=night, output=f"s3://{readonly}/scores")
     s3_faults.clear()
-    reliability.run("S3 output bucket read-only (403 on every write)", 1, code == 2, [], [])
+    reliability.run("S3 output bucket read-only (403 on every write): refused before scoring", 1, False, [], [],
+                    stopped_cleanly=code == 2)
     assert code == 2
     assert err.count("\n") == 1 and "cannot write to" in err and "Access Denied" in err, err
     assert objects(f"s3://{readonly}") == {}
+
+
+def test_a_missing_output_bucket_is_an_error_and_is_not_created(s3_server, tmp_path):
+    from raymae.storage import StorageError, check_writable
+
+    fs, _ = storage.resolve("s3://any-bucket")
+    missing = f"raymae-missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(StorageError, match="cannot write to"):
+        check_writable(f"s3://{missing}/scores/_staging")
+    fs.invalidate_cache()
+    assert not fs.exists(missing)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StorageError, match="cannot write to"):
+        check_writable(str(tmp_path / "a-file" / "scores"))
+    check_writable(str(tmp_path / "new" / "scores" / "_staging"))  # a local output may be created ...
+    assert not (tmp_path / "new").exists()  # ... but the probe leaves nothing behind
 
 
 def test_an_output_that_fails_while_writing_publishes_nothing_and_keeps_the_last_night(
@@ -192,7 +209,8 @@ def test_an_output_that_fails_while_writing_publishes_nothing_and_keeps_the_last
     code, err = score_cli(capfd, night=night)
     injected = sum(s3_faults.injected.values())
     s3_faults.clear()
-    reliability.run("S3 Parquet writes refused mid-run (403)", injected, code == 1, [], [])
+    reliability.run("S3 Parquet writes refused mid-run (403): nothing published", injected, False, [], [],
+                    stopped_cleanly=code == 1 and objects(night["output"]) == before)
     assert code == 1 and injected >= 1
     last = err.strip().splitlines()[-1]  # what raymae says, after Ray's own log lines
     assert last.startswith("raymae score: failed:") and "nothing was published" in last, last
