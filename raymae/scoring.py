@@ -293,8 +293,13 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
 
     groups = group_sources(listing.sources)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+    # Reads are CPU tasks of their own: a read task may hold a file of up to
+    # max_file_bytes, and reserving that also keeps Ray from fusing the reads into the
+    # model actors, whose tasks would then each take batch_size *groups* (up to
+    # batch_size x 32 images): one actor would score a whole small night while the
+    # others idle, and a lost actor would redo all of it.
     ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"limits": opts.limits})
+                        fn_kwargs={"limits": opts.limits}, memory=opts.max_file_bytes)
     decode = {"image_size": artifact.config.model.image_size, "max_pixels": opts.max_pixels}
     if not opts.decode_in_actor:
         # CPU tasks decode for the GPU actors. A decode task may hold one image of

@@ -37,3 +37,23 @@ def wait_for(condition: Callable[[], object], timeout: float, interval: float = 
             return value
         time.sleep(interval)
     return None
+
+
+def _task_attempts(name_contains: str) -> list:
+    """Task events (one per task attempt, as the GCS merges them) whose task name contains `name_contains`."""
+    from ray._private import state as ray_state
+
+    return [e for e in ray_state.state._get_all_task_events() if name_contains in e.task_info.name]
+
+
+def finished_tasks(name_contains: str) -> int:
+    """How many task attempts of that name have finished (the GCS hears of them within ~1 s)."""
+    from ray.core.generated.common_pb2 import TaskStatus
+
+    return len({(e.task_id, e.attempt_number) for e in _task_attempts(name_contains)
+                if TaskStatus.FINISHED in e.state_updates.state_ts_ns})
+
+
+def task_nodes(name_contains: str) -> set[str]:
+    """The nodes (hex ids) that ran task attempts of that name."""
+    return {e.state_updates.node_id.hex() for e in _task_attempts(name_contains) if e.state_updates.node_id}

@@ -1,8 +1,8 @@
-"""raymae on a simulated multi-node cluster (``ray.cluster_utils.Cluster``): a head and two
+"""raymae on a simulated multi-node cluster (``ray.cluster_utils.Cluster``): a head and
 worker nodes on this machine, one CPU each, so that no node can hold two training
 workers or two model actors. Training spreads its workers over the nodes; scoring
-spreads its actors (which read the inputs too) over them and writes the same rows as
-on one node; losing a node in the middle of scoring loses no image.
+spreads its model actors and its read tasks over them and writes the same rows as on
+one node; losing a node in the middle of scoring loses no image.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from raymae.artifact import ModelArtifact
 from raymae.ray_train import TrainJob, run_training
 from raymae.scoring import ScoreOptions, partition_uri, score
 from tests.conftest import tiny_recipe
-from tests.ray_faults import actors, wait_for
-from tests.test_scoring_faults import rows_of
+from tests.ray_faults import actors, finished_tasks, task_nodes, wait_for
+from tests.test_scoring_faults import SCORING_TASK, rows_of
 
 pytestmark = pytest.mark.slow
 
@@ -79,8 +79,16 @@ def test_training_runs_its_workers_on_different_nodes(cluster, synthetic_dataset
     assert epochs == [(1, 1), (1, 2), (2, 1)]
 
 
+@pytest.fixture(scope="module")
+def scoring_cluster(cluster) -> dict:
+    """One more worker node (four of one CPU): two for the model actors, two for the read and write tasks."""
+    cluster["workers"].append(cluster["cluster"].add_node(num_cpus=NODE_CPUS))
+    cluster["cluster"].wait_for_nodes()
+    return cluster
+
+
 def test_scoring_spreads_over_the_nodes_and_writes_the_same_rows_as_one_node(
-        cluster, s3_night_240, model_dir, single_node_rows, tmp_path, reliability):
+        scoring_cluster, s3_night_240, model_dir, single_node_rows, tmp_path, reliability):
     out = str(tmp_path / "scores")
     before = {a["ActorID"] for a in actors("ScoreImages", state=None)}
     summary = score([s3_night_240["input"]], model_dir, out,
@@ -88,11 +96,11 @@ def test_scoring_spreads_over_the_nodes_and_writes_the_same_rows_as_one_node(
     scorers = [a for a in actors("ScoreImages", state=None) if a["ActorID"] not in before]
     listed = rows_of(partition_uri(out, DAY))
     rows = {r["image_uri"]: r for r in listed}
-    reliability.run("none: 3-node cluster, 2 model actors on different nodes", 0, True, s3_night_240["images"],
-                    [r["image_uri"] for r in listed])
+    reliability.run("none: 4-node cluster, 2 model actors and the read tasks on different nodes", 0, True,
+                    s3_night_240["images"], [r["image_uri"] for r in listed])
 
-    # 8 read groups of 30 images for 2 actors, which read their groups themselves
     assert len(scorers) == 2 and len({a["Address"]["NodeID"] for a in scorers}) == 2
+    assert wait_for(lambda: len(task_nodes("read_group")) >= 2, timeout=15), task_nodes("read_group")
     assert summary.images == len(listed) == len(rows) == len(single_node_rows)
     assert rows.keys() == single_node_rows.keys()
     for uri, row in rows.items():
@@ -102,27 +110,27 @@ def test_scoring_spreads_over_the_nodes_and_writes_the_same_rows_as_one_node(
         assert row["heatmap_png"] == one["heatmap_png"], uri
 
 
-def test_losing_a_node_in_the_middle_of_scoring_loses_no_image(cluster, s3_night_240, model_dir, s3_faults,
+def test_losing_a_node_in_the_middle_of_scoring_loses_no_image(scoring_cluster, s3_night_240, model_dir,
                                                                 tmp_path, reliability):
     """A worker node that runs a model actor is removed (its raylet and workers killed) once
-    reading has begun; the two nodes left finish the night."""
-    c, by_id = cluster["cluster"], {w.node_id: w for w in cluster["workers"]}
-    s3_faults.set()  # only counting the image reads
-    removed: list[str] = []
+    the model actors have finished two of their ~8 tasks; the nodes left finish the night."""
+    c, by_id = scoring_cluster["cluster"], {w.node_id: w for w in scoring_cluster["workers"]}
+    done_before = finished_tasks(SCORING_TASK)
+    removed: list[dict] = []
 
-    def actor_on_a_worker_once_reading_began() -> list[dict]:
-        if s3_faults.count("GET", s3_night_240["reads"]) < 20:  # the first group is being read
+    def actor_on_a_worker_after_two_tasks() -> list[dict]:
+        if finished_tasks(SCORING_TASK) < done_before + 2:
             return []
         return [a for a in actors("ScoreImages") if a["Address"]["NodeID"] in by_id]
 
     def remove_a_node_with_a_model_actor() -> None:
-        on_workers = wait_for(actor_on_a_worker_once_reading_began, timeout=300, interval=0.01)
+        on_workers = wait_for(actor_on_a_worker_after_two_tasks, timeout=300)
         if on_workers:
             node = by_id[on_workers[0]["Address"]["NodeID"]]
             c.remove_node(node, allow_graceful=False)
             removed.append({"node": node.node_id, "actor": on_workers[0]["ActorID"],
-                            "reads": s3_faults.count("GET", s3_night_240["reads"])})
-            cluster["workers"] = [w for w in cluster["workers"] if w is not node]
+                            "tasks_done": finished_tasks(SCORING_TASK) - done_before})
+            scoring_cluster["workers"] = [w for w in scoring_cluster["workers"] if w is not node]
 
     killer = threading.Thread(target=remove_a_node_with_a_model_actor, daemon=True)
     killer.start()
@@ -131,14 +139,15 @@ def test_losing_a_node_in_the_middle_of_scoring_loses_no_image(cluster, s3_night
                                                                          heatmap_size=8))
     killer.join(timeout=30)
     rows = rows_of(partition_uri(out, DAY))
-    reads = s3_faults.count("GET", s3_night_240["reads"])
-    when = f" after {removed[0]['reads']} of 240 image reads ({reads} reads in all)" if removed else ""
+    tasks = wait_for(lambda: removed and (n := finished_tasks(SCORING_TASK) - done_before) > removed[0]["tasks_done"]
+                     and n, timeout=15) or finished_tasks(SCORING_TASK) - done_before
+    when = f" after {removed[0]['tasks_done']} of the model actors' {tasks} tasks" if removed else ""
     reliability.run(f"worker node running a model actor removed while scoring{when}",
                     len(removed), True, s3_night_240["images"], [r["image_uri"] for r in rows])
 
     assert removed, "no node was removed"
-    assert removed[0]["reads"] < 240, "the node was removed after every image had been read"
+    assert removed[0]["tasks_done"] < tasks, "the node was removed after the scoring was done"
     restarted = [a for a in actors("ScoreImages", state=None) if a["ActorID"] == removed[0]["actor"]]
-    assert restarted[0]["NumRestarts"] >= 1 or reads > 240  # its actor came back, or its reads were redone
+    assert restarted[0]["NumRestarts"] >= 1  # Ray brought its actor back on a node that is left
     assert sorted(r["image_uri"] for r in rows) == s3_night_240["images"]  # every image exactly once
     assert summary.errors == 0

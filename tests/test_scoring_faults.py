@@ -19,13 +19,14 @@ import pytest
 from raymae import storage
 from raymae.scoring import MARKER, STAGING, ScoreOptions, is_complete, partition_uri, score
 from tests.badfiles import write_tar
-from tests.ray_faults import actors, kill_actor_process, wait_for
+from tests.ray_faults import actors, finished_tasks, kill_actor_process, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = "2026-11-30"
 SCORER = "ScoreImages"  # the model actors' class name contains it
+SCORING_TASK = "ScoreImages)).submit"  # Ray Data's name for a block's task on a model actor
 
 
 def rows_of(partition: str) -> list[dict]:
@@ -40,33 +41,38 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------ a killed model actor
-def test_a_killed_model_actor_is_restarted_and_every_image_is_scored_once(
-        ray_local, s3_night_240, model_dir, s3_faults, tmp_path, reliability):
-    """The S3 proxy counts image reads (reading happens inside the model actors), so the
-    actor is killed once a third of the night has been read, whatever the machine's speed."""
-    s3_faults.set()  # no faults: only counting
+def test_a_killed_model_actor_is_restarted_and_every_image_is_scored_once(ray_local, s3_night_240, model_dir,
+                                                                         tmp_path, reliability):
+    """The actor is killed once it has finished two of its ~8 tasks (blocks of ~30 images), as
+    the cluster's task events tell, so the moment does not depend on the machine's speed."""
+    done_before = finished_tasks(SCORING_TASK)
     killed: list[dict] = []
 
-    def kill_a_model_actor_a_third_of_the_way() -> None:
-        if not wait_for(lambda: s3_faults.count("GET", s3_night_240["reads"]) >= 80, timeout=300):
+    def kill_the_model_actor_after_two_tasks() -> None:
+        if not wait_for(lambda: finished_tasks(SCORING_TASK) >= done_before + 2 and actors(SCORER), timeout=300):
             return
-        alive = actors(SCORER)
-        if alive:
-            kill_actor_process(alive[0])
-            killed.append({**alive[0], "at": datetime.now(timezone.utc).replace(tzinfo=None)})
+        actor = actors(SCORER)[0]
+        kill_actor_process(actor)
+        killed.append({**actor, "at": datetime.now(timezone.utc).replace(tzinfo=None),
+                       "tasks_done": finished_tasks(SCORING_TASK) - done_before})
 
-    killer = threading.Thread(target=kill_a_model_actor_a_third_of_the_way, daemon=True)
+    killer = threading.Thread(target=kill_the_model_actor_after_two_tasks, daemon=True)
     killer.start()
     out = str(tmp_path / "scores")
     summary = score([s3_night_240["input"]], model_dir, out, ScoreOptions(date=DAY, batch_size=8, heatmap_size=8))
     killer.join(timeout=10)
     rows = rows_of(partition_uri(out, DAY))
-    restarted = [a for a in actors(SCORER, state=None) if killed and a["ActorID"] == killed[0]["ActorID"]]
-    reliability.run("model actor SIGKILLed a third of the way through scoring", len(killed), True,
-                    s3_night_240["images"], [r["image_uri"] for r in rows])
+    # the cluster hears of finished tasks within about a second
+    tasks = wait_for(lambda: killed and (n := finished_tasks(SCORING_TASK) - done_before) > killed[0]["tasks_done"]
+                     and n, timeout=15) or finished_tasks(SCORING_TASK) - done_before
+    when = f" after {killed[0]['tasks_done']} of its {tasks} tasks" if killed else ""
+    reliability.run(f"model actor SIGKILLed{when}", len(killed), True, s3_night_240["images"],
+                    [r["image_uri"] for r in rows])
 
     assert killed, "the actor was never killed"
-    assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray restarted it ...
+    assert killed[0]["tasks_done"] < tasks  # there was work left when it died ...
+    restarted = [a for a in actors(SCORER, state=None) if a["ActorID"] == killed[0]["ActorID"]]
+    assert restarted[0]["NumRestarts"] >= 1  # ... Ray restarted it ...
     assert any(r["scored_at"].replace(tzinfo=None) > killed[0]["at"] for r in rows)  # ... and it went on
     assert sorted(r["image_uri"] for r in rows) == s3_night_240["images"]  # every image exactly once
     assert summary.images == 240 and summary.errors == 0
