@@ -49,7 +49,6 @@ class FaultyS3Proxy:
         self.rules: list[Rule] = []
         self.injected: Counter = Counter()   # fault -> times it fired
         self.requests = 0
-        self.seen: list[tuple[str, str]] = []  # (method, path) of every request since set()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"proxy": self})
@@ -75,20 +74,13 @@ class FaultyS3Proxy:
             self.rules = list(rules)
             self.injected = Counter()
             self.requests = 0
-            self.seen = []
 
     def clear(self) -> None:
         self.set()
 
-    def count(self, method: str, pattern: str) -> int:
-        """Requests since set() with this method whose path matches `pattern`."""
-        with self._lock:
-            return sum(m == method and re.search(pattern, p) is not None for m, p in self.seen)
-
     def pick(self, method: str, path: str) -> str | None:
         with self._lock:
             self.requests += 1
-            self.seen.append((method, path))
             for rule in self.rules:
                 if method in rule.methods and re.search(rule.path, path) and self._random.random() < rule.probability:
                     self.injected[rule.fault] += 1
