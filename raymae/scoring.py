@@ -2,7 +2,7 @@
 
 The pipeline reads top to bottom::
 
-    sources (listed on the driver, grouped: up to 32 loose files, or one tar)
+    sources (listed on the driver, grouped: a model batch of loose files, or one tar)
       -> read_group      CPU tasks: bytes of every image, or why not (never raises)
       -> decode_images   CPU tasks: pixels at the model's size, original height/width
       -> ScoreImages     actor pool: the model (GPU if asked), scores and small heatmaps
@@ -64,7 +64,7 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 PARTITION = "date"
 STAGING = "_staging"  # leading underscore: ignored by Spark, pyarrow datasets and Athena
-FILES_PER_GROUP = 32
+FILES_PER_GROUP = 32  # loose files per read task when not grouped by the model's batch size
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -291,15 +291,17 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    groups = group_sources(listing.sources)
+    # One read task per model batch of loose files: its block is then one actor task,
+    # so the actors share even a small night, and a lost actor redoes one batch.
+    groups = group_sources(listing.sources, files_per_group=opts.batch_size)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     # Reads are CPU tasks of their own: a read task may hold a file of up to
     # max_file_bytes, and reserving that also keeps Ray from fusing the reads into the
     # model actors, whose tasks would then each take batch_size *groups* (up to
     # batch_size x 32 images): one actor would score a whole small night while the
     # others idle, and a lost actor would redo all of it.
-    ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"limits": opts.limits}, memory=opts.max_file_bytes)
+    ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy", memory=opts.max_file_bytes,
+                        fn_kwargs={"limits": opts.limits})
     decode = {"image_size": artifact.config.model.image_size, "max_pixels": opts.max_pixels}
     if not opts.decode_in_actor:
         # CPU tasks decode for the GPU actors. A decode task may hold one image of

@@ -113,7 +113,8 @@ def test_scoring_spreads_over_the_nodes_and_writes_the_same_rows_as_one_node(
 def test_losing_a_node_in_the_middle_of_scoring_loses_no_image(scoring_cluster, s3_night_240, model_dir,
                                                                 tmp_path, reliability):
     """A worker node that runs a model actor is removed (its raylet and workers killed) once
-    the model actors have finished two of their ~8 tasks; the nodes left finish the night."""
+    the model actors have finished two of their ~30 tasks (a batch each); the nodes left
+    finish the night."""
     c, by_id = scoring_cluster["cluster"], {w.node_id: w for w in scoring_cluster["workers"]}
     done_before = finished_tasks(SCORING_TASK)
     removed: list[dict] = []
@@ -147,7 +148,5 @@ def test_losing_a_node_in_the_middle_of_scoring_loses_no_image(scoring_cluster, 
 
     assert removed, "no node was removed"
     assert removed[0]["tasks_done"] < tasks, "the node was removed after the scoring was done"
-    restarted = [a for a in actors("ScoreImages", state=None) if a["ActorID"] == removed[0]["actor"]]
-    assert restarted[0]["NumRestarts"] >= 1  # Ray brought its actor back on a node that is left
     assert sorted(r["image_uri"] for r in rows) == s3_night_240["images"]  # every image exactly once
     assert summary.errors == 0

@@ -42,8 +42,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------ a killed model actor
 def test_a_killed_model_actor_is_restarted_and_every_image_is_scored_once(ray_local, s3_night_240, model_dir,
                                                                          tmp_path, reliability):
-    """The actor is killed once it has finished two of its ~8 tasks (blocks of ~30 images), as
-    the cluster's task events tell, so the moment does not depend on the machine's speed."""
+    """The actor is killed once it has finished two of its ~30 tasks (a batch of 8 images each),
+    as the cluster's task events tell, so the moment does not depend on the machine's speed."""
     done_before = finished_tasks(SCORING_TASK)
     killed: list[dict] = []
 
