@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
+from raymae.data import MAX_PIXELS
+from raymae.sources import MAX_FILE_BYTES, MAX_TAR_MEMBERS
 
 log = logging.getLogger("raymae")
 
@@ -140,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--report", metavar="URI",
                     help="then write the night's HTML report (raymae report) into this folder, local or s3://")
 
+    lim = sc.add_argument_group("input limits (what is over one is an error row, the run goes on)")
+    lim.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
+                     help=f"pixels per image; more is refused as a decompression bomb (default {MAX_PIXELS})")
+    lim.add_argument("--max-file-bytes", type=_positive, default=MAX_FILE_BYTES,
+                     help=f"bytes per file or tar member, refused unread above (default {MAX_FILE_BYTES})")
+    lim.add_argument("--max-tar-members", type=_positive, default=MAX_TAR_MEMBERS,
+                     help=f"members read per tar archive (default {MAX_TAR_MEMBERS})")
+
     r = sub.add_parser("report", help="an HTML page of one night's scores: top images, errors, trends",
                        description="Read the scoring output and write <output>/index.html, one self-contained "
                                    "page: summary, the most anomalous images with their heatmaps, the errors "
@@ -211,7 +221,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     opts = ScoreOptions(date=args.date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                         cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
-                        heatmap_size=args.heatmap_size)  # checks the date too
+                        heatmap_size=args.heatmap_size, max_pixels=args.max_pixels,
+                        max_file_bytes=args.max_file_bytes,
+                        max_tar_members=args.max_tar_members)  # checks the date too
     work = plan([u.replace("{date}", opts.date) for u in args.input], args.model,
                 args.output.replace("{date}", opts.date), opts)  # all checks before Ray starts
     if args.report:
@@ -301,8 +313,20 @@ USER_ERRORS = {"raymae.config": "ConfigError", "raymae.data": "DataError", "raym
                "raymae.artifact": "ArtifactError", "raymae.pretrained": "PretrainedError"}
 
 
+# Exceptions that mean a run started and could not finish (exit 1), looked up the same way.
+RUN_FAILURES = {"raymae.scoring": "ScoringFailed"}
+
+
+def _imported(errors: dict[str, str]) -> tuple[type[Exception], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in errors.items() if m in sys.modules)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
-    return tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
+    return _imported(USER_ERRORS)
+
+
+def run_failures() -> tuple[type[Exception], ...]:
+    return _imported(RUN_FAILURES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,10 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
-        print(f"raymae {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(e, user_errors()):
+            print(f"raymae {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, run_failures()):  # the run itself failed, not its arguments
+            print(f"raymae {args.command}: failed: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Layout::
     <root>/test/<defect>/*.png                   defective test images
     <root>/ground_truth/<defect>/<stem>_mask.png pixel masks (0 / >0)
 
-Images are decoded with Pillow; grayscale, palette, 16-bit and RGBA become RGB,
-and every image is resized to the model's square input size.
+Images are decoded with Pillow; grayscale, palette, 16-bit, CMYK and RGBA become
+RGB, an EXIF orientation is applied (the image is scored upright, as a viewer
+shows it), multi-frame files (animated GIF, multi-page TIFF) give their first
+frame, and every image is resized to the model's square input size.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from raymae import storage
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 GOOD = "good"
 
 
@@ -55,6 +57,7 @@ def load_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedI
     unreadable file and for one larger than ``max_pixels``. (Truncated files
     fail because Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is off, its
     default; raymae never turns it on, so nothing is silently padded.)
+    ``height`` and ``width`` are the upright size, after the EXIF orientation.
     """
     img, (width, height) = _decode(data, max_pixels, draft_size=size)
     return DecodedImage(resize_rgb(img, size), height, width)
@@ -66,16 +69,34 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 
 def _decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """(RGB image, original (width, height)); with ``draft_size`` a large JPEG is decoded at 1/2, 1/4 or 1/8."""
+    """(upright RGB image, original upright (width, height)); with ``draft_size`` a large
+    JPEG is decoded at 1/2, 1/4 or 1/8."""
     img = _open(data, max_pixels)
-    original = img.size
+    width, height = img.size
     if draft_size:
         img.draft(None, (draft_size, draft_size))
     try:
-        img.load()
+        img.load()  # before the EXIF: a PNG's may follow its pixels, and a failed load must fail here
     except Exception as e:  # truncated data, broken streams: Pillow raises many types
         raise DataError(f"not a readable image: {e}") from e
-    return to_rgb(img), original
+    orientation = _orientation(img)
+    if orientation not in (None, 1):
+        img = ImageOps.exif_transpose(img)
+        if orientation in _SWAPS_AXES:
+            width, height = height, width
+    return to_rgb(img), (width, height)
+
+
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag (1-8) of a loaded image, or None when there is none or it cannot be read."""
+    try:
+        value = img.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return None
+    return value if isinstance(value, int) and 1 <= value <= 8 else None
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

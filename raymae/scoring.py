@@ -2,7 +2,7 @@
 
 The pipeline reads top to bottom::
 
-    sources (listed on the driver, grouped: up to 32 loose files, or one tar)
+    sources (listed on the driver, grouped: a model batch of loose files, or one tar)
       -> read_group      CPU tasks: bytes of every image, or why not (never raises)
       -> decode_images   CPU tasks: pixels at the model's size, original height/width
       -> ScoreImages     actor pool: the model (GPU if asked), scores and small heatmaps
@@ -20,6 +20,7 @@ partition only after the new one is completely written.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -36,7 +37,8 @@ import pyarrow.parquet as pq
 
 from raymae import heatmap, storage
 from raymae.data import MAX_PIXELS, DataError, load_image
-from raymae.sources import MAX_FILE_BYTES, TAR, Listing, Source, list_sources, read_sources
+from raymae.sources import (MAX_FILE_BYTES, MAX_TAR_MEMBERS, TAR, Limits, Listing, Source, list_sources,
+                            read_sources)
 
 if TYPE_CHECKING:  # torch and timm load only where the model runs, not in every CPU task
     from raymae.artifact import ModelArtifact
@@ -62,7 +64,7 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 PARTITION = "date"
 STAGING = "_staging"  # leading underscore: ignored by Spark, pyarrow datasets and Athena
-FILES_PER_GROUP = 32
+FILES_PER_GROUP = 32  # loose files per read task when not grouped by the model's batch size
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -77,13 +79,14 @@ class ScoreOptions:
     heatmap_size: int = 64          # heatmap PNG side in pixels
     decode_batch_size: int = 32
     decode_in_actor: bool | None = None  # default: on CPU yes, with GPUs in separate CPU tasks
-    max_pixels: int = MAX_PIXELS
-    max_file_bytes: int = MAX_FILE_BYTES
+    max_pixels: int = MAX_PIXELS            # per image: more is refused as a decompression bomb
+    max_file_bytes: int = MAX_FILE_BYTES    # per file or tar member: more is refused unread
+    max_tar_members: int = MAX_TAR_MEMBERS  # per tar archive: members beyond are not read
 
     def __post_init__(self):
         self.date = parse_date(self.date)
         for name in ("batch_size", "actors", "heatmap_size", "decode_batch_size", "max_pixels",
-                     "max_file_bytes"):
+                     "max_file_bytes", "max_tar_members"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if not self.cpus_per_actor > 0:
@@ -96,6 +99,10 @@ class ScoreOptions:
             self.threads_per_actor = max(1, (os.cpu_count() or 1) // self.actors)
         elif self.threads_per_actor < 1:
             raise DataError(f"threads-per-actor must be at least 1, not {self.threads_per_actor}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_file_bytes=self.max_file_bytes, max_tar_members=self.max_tar_members)
 
 
 @dataclass
@@ -156,13 +163,13 @@ RAW_SCHEMA = pa.schema([("image_uri", pa.string()), ("source_uri", pa.string()),
                         ("data", pa.binary()), ("error", pa.string())])
 
 
-def read_group(batch: dict, max_file_bytes: int = MAX_FILE_BYTES, chunk: int = 32) -> Iterator[pa.Table]:
+def read_group(batch: dict, limits: Limits = Limits(), chunk: int = 32) -> Iterator[pa.Table]:
     """A batch of source groups -> tables of raw bytes, ``chunk`` rows at a time (tars stream)."""
     sources = [Source(str(u), str(k), int(n))
                for uris, kinds, sizes in zip(batch["uris"], batch["kinds"], batch["sizes"])
                for u, k, n in zip(uris, kinds, sizes)]
     rows: list = []
-    for raw in read_sources(sources, max_file_bytes=max_file_bytes):
+    for raw in read_sources(sources, limits=limits):
         rows.append(raw)
         if len(rows) >= chunk:
             yield _raw_table(rows)
@@ -195,6 +202,9 @@ def decode_images(batch, image_size: int, max_pixels: int = MAX_PIXELS) -> dict[
             img = load_image(data, s, max_pixels)
         except DataError as e:
             errors[i] = str(e)
+            continue
+        except Exception as e:  # a Pillow failure nobody foresaw is one image's error, not the run's
+            errors[i] = f"not a readable image: {type(e).__name__}: {e}"
             continue
         pixels[i], height[i], width[i] = img.pixels, img.height, img.width
     return {"image_uri": np.array(uris, dtype=object),
@@ -281,10 +291,17 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    groups = group_sources(listing.sources)
+    # One read task per model batch of loose files: its block is then one actor task,
+    # so the actors share even a small night, and a lost actor redoes one batch.
+    groups = group_sources(listing.sources, files_per_group=opts.batch_size)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
-    ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"max_file_bytes": opts.max_file_bytes})
+    # Reads are CPU tasks of their own: a read task may hold a file of up to
+    # max_file_bytes, and reserving that also keeps Ray from fusing the reads into the
+    # model actors, whose tasks would then each take batch_size *groups* (up to
+    # batch_size x 32 images): one actor would score a whole small night while the
+    # others idle, and a lost actor would redo all of it.
+    ds = ds.map_batches(read_group, batch_size=1, batch_format="numpy", memory=opts.max_file_bytes,
+                        fn_kwargs={"limits": opts.limits})
     decode = {"image_size": artifact.config.model.image_size, "max_pixels": opts.max_pixels}
     if not opts.decode_in_actor:
         # CPU tasks decode for the GPU actors. A decode task may hold one image of
@@ -319,18 +336,34 @@ class ScoringPlan:
 
 
 def plan(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) -> ScoringPlan:
-    """List the inputs and load the model; raises DataError / ArtifactError / StorageError."""
+    """List the inputs, load the model, check the output is writable; raises DataError /
+    ArtifactError / StorageError, all before anything is scored."""
     from raymae.artifact import ModelArtifact
 
     listing = list_sources(inputs)
     model_uri = storage.absolute_uri(model_uri)
-    storage.resolve(output)  # a bad output URI fails now, not after scoring
-    return ScoringPlan(inputs, listing, model_uri, ModelArtifact.load(model_uri),
-                       storage.absolute_uri(output), opts)
+    artifact = ModelArtifact.load(model_uri)
+    output = storage.absolute_uri(output)
+    storage.check_writable(storage.join(output, STAGING))  # not after hours of scoring
+    return ScoringPlan(inputs, listing, model_uri, artifact, output, opts)
+
+
+class ScoringFailed(RuntimeError):
+    """A run that could not finish; nothing of it was published (the date's partition is as before)."""
+
+
+MARKER = "_SUCCESS"  # written last into a complete partition; readers skip _files
 
 
 def run(p: ScoringPlan) -> ScoreSummary:
-    """Score and write one date's partition (Ray must be initialised); returns the counts."""
+    """Score and write one date's partition (Ray must be initialised); returns the counts.
+
+    The rows go to a staging folder first; they are published (swapped in for the
+    date's partition, then ``_SUCCESS`` written) only when every listed input has
+    its rows and no loose file has two. A run that fails or is killed before that
+    leaves the previous partition as it was; one killed while publishing leaves a
+    partition without ``_SUCCESS``, which a rerun of the date replaces.
+    """
     from ray.data import SaveMode
     from ray.data.datasource import FilenameProvider
 
@@ -345,20 +378,40 @@ def run(p: ScoringPlan) -> ScoreSummary:
              artifact.calibration.threshold, opts.date)
     staging = storage.join(p.output, STAGING, f"{PARTITION}={opts.date}-{uuid.uuid4().hex[:12]}")
     filesystem, staging_path = storage.arrow_filesystem(staging)
+    partition = partition_uri(p.output, opts.date)
     try:
-        build_dataset(p.listing, p.model_uri, artifact, opts).write_parquet(
-            staging_path, filesystem=filesystem, filename_provider=PartFiles(),
-            min_rows_per_file=10_000, mode=SaveMode.OVERWRITE)  # a fresh folder of this run
+        try:
+            build_dataset(p.listing, p.model_uri, artifact, opts).write_parquet(
+                staging_path, filesystem=filesystem, filename_provider=PartFiles(),
+                min_rows_per_file=10_000, mode=SaveMode.OVERWRITE)  # a fresh folder of this run
+        except Exception as e:  # Ray wraps the cause (a task's error, a lost node) in its own types
+            raise ScoringFailed(f"scoring {opts.date} failed, nothing was published "
+                                f"({partition} is as it was): {root_cause(e)}") from e
         counts = count_rows(staging)
         if counts["images"] == 0:
             raise DataError(f"no images found in {', '.join(p.inputs)}: "
                             f"the tar shards hold no image members")
-        publish(staging, partition_uri(p.output, opts.date))
+        check_complete(staging, p.listing)
+        publish(staging, partition, {**counts, "model_id": artifact.model_id})
+        remove_stale_staging(p.output, opts.date)
     finally:
         remove(staging)
         remove(storage.join(p.output, STAGING), only_if_empty=True)
-    return ScoreSummary(output=partition_uri(p.output, opts.date), seconds=time.time() - start,
+    return ScoreSummary(output=partition, seconds=time.time() - start,
                         model_id=artifact.model_id, skipped=p.listing.skipped, **counts)
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost cause of a (Ray-wrapped) exception, on one line."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    text = str(e).strip().splitlines()  # Ray appends its retry advice on further lines
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def score(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) -> ScoreSummary:
@@ -366,10 +419,15 @@ def score(inputs: list[str], model_uri: str, output: str, opts: ScoreOptions) ->
     return run(plan(inputs, model_uri, output, opts))
 
 
+def _parquet_files(uri: str) -> tuple:
+    fs, path = storage.resolve(uri)
+    fs.invalidate_cache(path)  # Ray workers wrote here, not this process
+    return fs, ([f for f in fs.find(path) if f.endswith(".parquet")] if fs.exists(path) else [])
+
+
 def count_rows(uri: str) -> dict[str, int]:
     """images / ok / errors / anomalous in the Parquet files under ``uri``."""
-    fs, path = storage.resolve(uri)
-    files = [f for f in fs.find(path) if f.endswith(".parquet")] if fs.exists(path) else []
+    fs, files = _parquet_files(uri)
     if not files:
         return {"images": 0, "ok": 0, "errors": 0, "anomalous": 0}
     table = pq.ParquetDataset(files, filesystem=fs).read(columns=["status", "is_anomalous"])
@@ -379,15 +437,59 @@ def count_rows(uri: str) -> dict[str, int]:
             "errors": int((status == "error").sum()), "anomalous": int(anomalous.sum())}
 
 
-def publish(staging: str, partition: str) -> None:
-    """Replace the date's partition with the staged files (other dates are untouched)."""
+def check_complete(staging: str, listing: Listing) -> None:
+    """Every listed file has rows, and every loose image exactly one; else ScoringFailed.
+
+    (A tar may name two members alike, so members are not checked for repeats.)
+    """
+    import pyarrow.compute as pc
+
+    fs, files = _parquet_files(staging)
+    table = pq.ParquetDataset(files, filesystem=fs).read(columns=["image_uri", "source_uri"])
+    found = set(pc.unique(table.column("source_uri")).to_pylist())
+    missing = sorted(s.uri for s in listing.sources if s.uri not in found)
+    loose = pc.filter(table.column("image_uri"), pc.equal(table.column("image_uri"), table.column("source_uri")))
+    counts = pc.value_counts(loose)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist()
+    if missing or repeated:
+        raise ScoringFailed(f"the output is incomplete, nothing was published: {len(missing)} inputs "
+                            f"without a row (e.g. {missing[:1]}), {len(repeated)} with more than one "
+                            f"(e.g. {sorted(repeated)[:1]})")
+
+
+def publish(staging: str, partition: str, counts: dict) -> None:
+    """Replace the date's partition with the staged files (other dates are untouched),
+    then mark it complete with ``_SUCCESS`` (JSON: the counts and when)."""
     fs, staged = storage.resolve(staging)
     _, target = storage.resolve(partition)
+    fs.invalidate_cache(target)
+    if fs.exists(f"{target}/{MARKER}"):
+        fs.rm(f"{target}/{MARKER}")  # first: from here until the end the partition is incomplete
     if fs.exists(target):
         fs.rm(target, recursive=True)
     fs.makedirs(target, exist_ok=True)
     for f in sorted(fs.find(staged)):
         fs.mv(f, f"{target}/{f[len(staged):].lstrip('/')}")
+    marker = {**counts, "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(storage.join(partition, MARKER), json.dumps(marker).encode())
+
+
+def is_complete(partition: str) -> bool:
+    """Whether a partition was completely published (its ``_SUCCESS`` exists)."""
+    fs, path = storage.resolve(partition)
+    fs.invalidate_cache(path)
+    return fs.exists(f"{path}/{MARKER}")
+
+
+def remove_stale_staging(output: str, date: str) -> None:
+    """Staging folders of this date left by runs that were killed (their rows were never published)."""
+    fs, root = storage.resolve(storage.join(output, STAGING))
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return
+    for path in fs.ls(root, detail=False):
+        if path.rstrip("/").rsplit("/", 1)[-1].startswith(f"{PARTITION}={date}-"):
+            remove(path if "://" not in output else f"{storage.scheme_of(output)}://{path}")
 
 
 def remove(uri: str, only_if_empty: bool = False) -> None:

@@ -9,9 +9,14 @@ An input URI (local path or ``s3://``) is one of
 Tar shards (``.tar``, and compressed ``.tar.gz``/``.tgz``), WebDataset-style or
 not, are read as a stream: every member with an image extension becomes one
 row named ``archive.tar#member``; other members (``.json``, ``.cls``...) are
-not images and are skipped. Reading never raises: a file or member that cannot
-be read becomes a :class:`RawImage` whose ``error`` says why, so one bad file
-never fails the run and never disappears from the output.
+not images and are skipped. Members are read into memory only, never extracted,
+so a member named ``../x.png`` or ``/etc/x.png`` is just a name. Reading never
+raises: a file or member that cannot be read becomes a :class:`RawImage` whose
+``error`` says why, so one bad file never fails the run and never disappears
+from the output.
+
+Input sizes are bounded (:class:`Limits`): bytes per file or member, and members
+per archive; what is over a limit is an error row, not a crash or a stall.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 GLOB_CHARS = "*?["
 # Files and tar members above this size are refused unread (a row says so).
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# Archives are read up to this many members (of any kind); a row says when one holds more.
+MAX_TAR_MEMBERS = 100_000
 
 IMAGE, TAR = "image", "tar"
 
@@ -57,6 +64,14 @@ class Listing:
         return sum(s.kind == TAR for s in self.sources)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much of the input one file may make raymae read."""
+
+    max_file_bytes: int = MAX_FILE_BYTES    # per file, and per tar member
+    max_tar_members: int = MAX_TAR_MEMBERS  # per archive, members of any kind
+
+
 @dataclass
 class RawImage:
     """One image's bytes, or why they could not be read (``data`` is then None)."""
@@ -77,8 +92,12 @@ def kind_of(name: str) -> str | None:
 
 
 def _hidden(path: str) -> bool:
-    """Dot-files and _markers (``.DS_Store``, ``_SUCCESS``) and anything inside such folders."""
-    return any(part.startswith((".", "_")) for part in path.split("/") if part)
+    """Dot-files and _markers (``.DS_Store``, ``_SUCCESS``) and anything inside such folders.
+
+    ``.`` and ``..`` are path steps, not hidden names: ``tar -C dir .`` names its
+    members ``./000.png``, and those are images like any other.
+    """
+    return any(part.startswith((".", "_")) for part in path.split("/") if part not in ("", ".", ".."))
 
 
 # ------------------------------------------------------------------ listing
@@ -145,60 +164,82 @@ def _to_uri(uri: str, found: str) -> str:
 
 
 # ------------------------------------------------------------------ reading
-def read_sources(sources: list[Source], threads: int = 16,
-                 max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[RawImage]:
+def read_sources(sources: list[Source], threads: int = 16, limits: Limits = Limits()) -> Iterator[RawImage]:
     """Bytes of every image in the sources: loose files read in parallel threads, tars streamed."""
     images = [s for s in sources if s.kind == IMAGE]
     if images:
         with ThreadPoolExecutor(min(threads, len(images))) as pool:
-            yield from pool.map(lambda s: read_image(s, max_file_bytes), images)
+            yield from pool.map(lambda s: read_image(s, limits.max_file_bytes), images)
     for s in sources:
         if s.kind == TAR:
-            yield from read_tar(s, max_file_bytes)
+            yield from read_tar(s, limits)
 
 
 def read_image(source: Source, max_file_bytes: int = MAX_FILE_BYTES) -> RawImage:
     if source.size > max_file_bytes:
-        return RawImage(source.uri, source.uri, None,
-                        f"file too large: {source.size} bytes, limit {max_file_bytes}")
+        return _too_large(source.uri, source.uri, source.size, max_file_bytes)
     try:
-        return RawImage(source.uri, source.uri, storage.read_bytes(source.uri))
+        fs, path = storage.resolve(source.uri)
+        with fs.open(path, "rb") as f:
+            data = f.read(max_file_bytes + 1)  # the listed size may be stale or missing
     except Exception as e:  # vanished, permission denied, network: the row says which
-        return RawImage(source.uri, source.uri, None, f"cannot read file: {type(e).__name__}: {e}")
+        return RawImage(source.uri, source.uri, None, f"cannot read file: {_reason(e)}")
+    if len(data) > max_file_bytes:
+        return _too_large(source.uri, source.uri, None, max_file_bytes)
+    return RawImage(source.uri, source.uri, data)
 
 
-def read_tar(source: Source, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[RawImage]:
-    """Stream a tar: one RawImage per image member, in archive order.
+def _too_large(uri: str, source: str, size: int | None, limit: int, what: str = "file") -> RawImage:
+    size_text = f"{size} bytes" if size is not None else "more bytes than that"
+    return RawImage(uri, source, None, f"{what} too large: {size_text}, limit {limit} (--max-file-bytes)")
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def read_tar(source: Source, limits: Limits = Limits()) -> Iterator[RawImage]:
+    """Stream a tar: one RawImage per image member, in archive order, nothing written to disk.
 
     A member that cannot be read is an error row; when the archive itself breaks
     off (truncated, not a tar), one error row named after the archive says after
-    how many members, since the members beyond that point cannot be known.
+    how many members, since the members beyond that point cannot be known. So
+    does an archive with more than ``limits.max_tar_members`` members: the rows
+    of the members before the limit are kept. An image member that is a link or
+    a device rather than a regular file is an error row (it has no bytes of its own).
     """
-    n_read = 0
+    n_read = n_members = 0
     current = None
     try:
         fs, path = storage.resolve(source.uri)
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if not member.isfile() or kind_of(member.name) != IMAGE or _hidden(member.name):
+                n_members += 1
+                if n_members > limits.max_tar_members:
+                    yield RawImage(source.uri, source.uri, None,
+                                   f"tar archive has more than {limits.max_tar_members} members "
+                                   f"(--max-tar-members); read {n_read} image members, not the rest")
+                    return
+                if member.isdir() or kind_of(member.name) != IMAGE or _hidden(member.name):
                     continue
-                current = member.name
                 uri = f"{source.uri}#{member.name}"
-                if member.size > max_file_bytes:
+                if not member.isfile():
                     yield RawImage(uri, source.uri, None,
-                                   f"tar member too large: {member.size} bytes, limit {max_file_bytes}")
+                                   f"tar member is a {_member_type(member)}, not a regular file")
+                elif member.size > limits.max_file_bytes:
+                    yield _too_large(uri, source.uri, member.size, limits.max_file_bytes, "tar member")
                 else:
+                    current = member.name
                     yield RawImage(uri, source.uri, tar.extractfile(member).read())
-                current = None
+                    current = None
                 n_read += 1
     except Exception as e:  # tarfile.ReadError, EOFError, zlib errors, I/O errors
-        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if current is not None:
             yield RawImage(f"{source.uri}#{current}", source.uri, None,
-                           f"unreadable tar member (the archive cannot be read past it): {reason}")
+                           f"unreadable tar member (the archive cannot be read past it): {_reason(e)}")
         else:
             where = f"after {n_read} image members" if n_read else "before any image member"
-            yield RawImage(source.uri, source.uri, None, f"unreadable tar archive ({where}): {reason}")
+            yield RawImage(source.uri, source.uri, None, f"unreadable tar archive ({where}): {_reason(e)}")
 
 
 def split_member(image_uri: str) -> tuple[str, str | None]:
@@ -235,7 +276,7 @@ def _read_again(uri: str, max_file_bytes: int) -> RawImage:
         fs, path = storage.resolve(uri)
         size = int(fs.size(path) or 0)
     except Exception as e:  # gone, permission denied, network
-        return RawImage(uri, uri, None, f"cannot read file: {type(e).__name__}: {e}")
+        return RawImage(uri, uri, None, f"cannot read file: {_reason(e)}")
     return read_image(Source(uri, IMAGE, size), max_file_bytes)
 
 
@@ -251,16 +292,23 @@ def _read_members(archive: str, wanted: set[str], max_file_bytes: int) -> dict[s
                     continue
                 uri = f"{archive}#{member.name}"
                 if member.size > max_file_bytes:
-                    found[uri] = RawImage(uri, archive, None,
-                                          f"tar member too large: {member.size} bytes, limit {max_file_bytes}")
+                    found[uri] = _too_large(uri, archive, member.size, max_file_bytes, "tar member")
                 else:
                     found[uri] = RawImage(uri, archive, tar.extractfile(member).read())
                 left.discard(member.name)
                 if not left:
                     break
     except Exception as e:  # gone, not a tar any more, truncated
-        reason = f"cannot read the archive: {type(e).__name__}: {e}"
+        reason = f"cannot read the archive: {_reason(e)}"
     for name in left:
         uri = f"{archive}#{name}"
         found[uri] = RawImage(uri, archive, None, reason)
     return found
+
+
+def _member_type(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    return "device, FIFO or other special file"

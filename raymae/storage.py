@@ -9,6 +9,7 @@ MinIO, Ceph or a test server work); nothing secret is ever passed as an argument
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import fsspec
@@ -41,17 +42,32 @@ def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         bucket = uri.split("://", 1)[1].split("/", 1)[0]
         if not bucket:
             raise StorageError(f"{uri!r} names no bucket: write s3://bucket/prefix")
-        return url_to_fs(uri, **_s3_options())
+        fs, path = url_to_fs(uri, **_s3_options())
+        fs.retries = S3_READ_RETRIES  # a class attribute in s3fs, not an option (same value every time)
+        return fs, path
     if scheme in ("file", "local"):
         path = uri.split("://", 1)[1] if "://" in uri else uri
         return url_to_fs(str(Path(path).expanduser().resolve()))
     return url_to_fs(uri)
 
 
+# Transient object-store failures (503 SlowDown, 5xx, dropped connections) are
+# retried by botocore, in its "standard" mode, up to this many attempts per
+# request (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE override both); a response body
+# that breaks off is read again by s3fs, up to S3_READ_RETRIES times.
+S3_MAX_ATTEMPTS = 10
+S3_READ_RETRIES = 10
+
+
 def _s3_options() -> dict:
     """s3fs options from the environment (botocore reads credentials itself)."""
+    options: dict = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+        options["config_kwargs"] = {"retries": {"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS}}
+    return options
 
 
 def join(uri: str, *parts: str) -> str:
@@ -92,3 +108,32 @@ def arrow_filesystem(uri: str):
         return LocalFileSystem(), absolute_uri(uri)
     fs, path = resolve(uri)
     return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def check_writable(uri: str) -> None:
+    """Write and delete a small probe object under ``uri``; StorageError says why it cannot be written.
+
+    Local folders the probe had to create are removed again; a missing bucket is an
+    error, not created.
+    """
+    import uuid
+
+    fs, path = resolve(uri)
+    created = None
+    if not is_remote(uri):
+        for folder in [Path(path), *Path(path).parents]:
+            if folder.exists():
+                break
+            created = folder  # the outermost folder the probe creates
+    probe = f"{path.rstrip('/')}/.write-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        if created is not None:  # object stores have no folders (and s3fs would create a missing bucket)
+            fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"")
+        fs.rm(probe)
+    except Exception as e:  # PermissionError, NoSuchBucket, read-only file system, network
+        raise StorageError(f"cannot write to {uri!r}: {type(e).__name__}: {e}") from e
+    finally:
+        if created is not None and created.exists() and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created)

@@ -38,27 +38,52 @@ def trained_artifact(synthetic_dataset):
     return train_local(synthetic_dataset, tiny_recipe())
 
 
+# Recognisable fake credentials: tests look for them in logs, errors and outputs.
+FAKE_ACCESS_KEY_ID = "RAYMAEFAKEKEYID00001"
+FAKE_SECRET_ACCESS_KEY = "raymae/FAKE+secret/never-to-be-logged/0042"
+
+
 @pytest.fixture(scope="session")
-def s3_server():
-    """A real S3 HTTP endpoint (moto) on loopback; AWS_* variables point every client at it."""
+def s3_proxy():
+    """A real S3 HTTP endpoint (moto) on loopback behind a proxy that injects faults when told
+    (tests/faulty_s3.py; it passes everything through otherwise). AWS_* variables point every
+    client at the proxy, with recognisable fake credentials."""
     import os
 
     from moto.server import ThreadedMotoServer
 
+    from tests.faulty_s3 import FaultyS3Proxy
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    proxy = FaultyS3Proxy(f"http://{host}:{port}").start()
+    env = {"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY_ID,
+           "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_ACCESS_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield env["AWS_ENDPOINT_URL"]
+    yield proxy
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    proxy.stop()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_proxy) -> str:
+    """The S3 endpoint every client uses."""
+    return s3_proxy.endpoint
+
+
+@pytest.fixture
+def s3_faults(s3_proxy):
+    """The fault-injecting proxy, with no faults again after the test."""
+    s3_proxy.clear()
+    yield s3_proxy
+    s3_proxy.clear()
 
 
 @pytest.fixture
@@ -91,3 +116,52 @@ def model_dir(trained_artifact, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("model") / "tiny"
     trained_artifact.save(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def s3_night_240(s3_server, synthetic_dataset, tmp_path_factory) -> dict:
+    """240 images in S3 under four camera folders: a night long enough to be interrupted."""
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from raymae import storage
+
+    fs, _ = storage.resolve("s3://any-bucket")
+    bucket = f"raymae-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(bucket)
+    test = sorted(Path(synthetic_dataset, "test").glob("*/*.png"))
+    local = tmp_path_factory.mktemp("night-240")
+    for i in range(240):
+        dest = local / f"cam{i % 4}" / f"{i:04d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(test[i % len(test)], dest)
+    fs.put(str(local) + "/", f"s3://{bucket}/dump/", recursive=True)
+    fs.invalidate_cache()
+    images = sorted(f"s3://{f}" for f in fs.find(f"{bucket}/dump"))
+    assert len(images) == 240
+    return {"bucket": bucket, "input": f"s3://{bucket}/dump/", "images": images}
+
+
+# ------------------------------------------------------------------ reliability figures
+def pytest_addoption(parser):
+    parser.addoption("--reliability-json", default=None,
+                     help="write what the fault-injection tests saw to this JSON file")
+
+
+@pytest.fixture(scope="session")
+def reliability_log(request):
+    from tests.reliability_log import ReliabilityLog
+
+    log = ReliabilityLog()
+    yield log
+    path = request.config.getoption("--reliability-json")
+    if path:
+        log.write(path, {"pytest_args": request.config.invocation_params.args})
+
+
+@pytest.fixture
+def reliability(reliability_log, request):
+    """The session's ReliabilityLog, told which test is recording."""
+    reliability_log.current_test = request.node.name
+    return reliability_log

@@ -86,3 +86,30 @@ def test_the_scoring_benchmark_measures_all_three_pipelines(synthetic_dataset, m
     assert record["memory_growth"]["c_raymae_score"] > 0
     assert set(record["results"]["6"]["ratios"]) >= {"c_raymae_score/a_model_alone",
                                                       "c_raymae_score/b_dataloader_script"}
+
+
+# ------------------------------------------------------------------ reliability figures
+def test_the_reliability_log_counts_lost_and_repeated_rows():
+    from tests.reliability_log import ReliabilityLog
+
+    log = ReliabilityLog()
+    run = log.run("an actor killed", 1, True, expected=["a", "b", "c"], output=["a", "a", "b"])
+    assert (run.inputs, run.rows_out, run.lost, run.duplicates) == (3, 3, 1, 1)
+    assert log.summary()["rows_lost"] == 1 and log.summary()["duplicates"] == 1
+
+
+def test_the_committed_reliability_figures_lose_nothing_and_come_from_existing_tests():
+    import ast
+
+    record = json.loads((ROOT / "benchmarks" / "results" / "reliability.json").read_text())
+    assert record["all_tests_passed"] and record["tests_passed"] == record["tests_run"] > 0
+    assert record["rows_lost"] == 0 and record["duplicates"] == 0 and record["faults_injected"] > 0
+    assert record["runs_completed"] + record["runs_stopped_cleanly"] == record["runs"] and record["inputs_in"] > 0
+    assert record["training_restarts_from_epoch_zero"] == 0
+    assert record["training_epochs_missing"] == record["training_epochs_repeated"] == 0
+    assert record["bad_input_kinds_handled"] == record["bad_input_kinds_tried"] >= 25
+    tests = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tests |= {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+    recorded = {r["test"] for r in record["fault_runs"] + record["training_fault_runs"]}
+    assert recorded and recorded <= tests, recorded - tests

@@ -402,3 +402,77 @@ def test_secret_environment_variables_only_come_from_secret_references():
     for where, env in runtime_envs():
         for name in env.get("env_vars") or {}:
             assert not SECRET_NAME.search(name), f"{where}: {name} does not belong in a runtime env"
+
+
+# ------------------------------------------------------------------ pod security
+CREDENTIAL_VARS = re.compile(r"^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN)$")
+
+
+def pod_specs() -> list[tuple[str, dict]]:
+    """Every pod template: the head and worker groups of each Ray cluster, and the CronJob's pod."""
+    pods = []
+    for where, spec in ray_cluster_specs():
+        pods.append((f"{where} head", spec["headGroupSpec"]["template"]["spec"]))
+        pods += [(f"{where} {g['groupName']}", g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    pods += [(f"{where} pod", job["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+             for where, job in of_kind("CronJob")]
+    return pods
+
+
+def containers(pod: dict) -> list[dict]:
+    return pod.get("initContainers", []) + pod["containers"]
+
+
+def test_there_is_a_pod_spec_for_every_ray_group_and_the_cronjob():
+    assert len(pod_specs()) >= 9  # 4 clusters x (head + GPU group) + the CronJob
+
+
+@pytest.mark.parametrize("where,pod", pod_specs(), ids=ids(pod_specs()))
+def test_every_pod_runs_as_a_non_root_user(where, pod):
+    ctx = pod.get("securityContext") or {}
+    assert ctx.get("runAsNonRoot") is True, f"{where}: securityContext.runAsNonRoot must be true"
+    assert isinstance(ctx.get("runAsUser"), int) and ctx["runAsUser"] > 0, f"{where}: runAsUser"
+    for c in containers(pod):
+        own = c.get("securityContext") or {}
+        assert own.get("runAsUser", 1) != 0 and own.get("runAsNonRoot", True) is True, f"{where}/{c['name']}"
+
+
+@pytest.mark.parametrize("where,pod", pod_specs(), ids=ids(pod_specs()))
+def test_no_pod_is_privileged_or_shares_the_host(where, pod):
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key), f"{where}: {key}"
+    assert not [v for v in pod.get("volumes", []) if "hostPath" in v], f"{where}: hostPath volume"
+    for c in containers(pod):
+        ctx = c.get("securityContext") or {}
+        assert ctx.get("privileged") is not True, f"{where}/{c['name']} is privileged"
+        assert ctx.get("allowPrivilegeEscalation") is False, f"{where}/{c['name']}: allowPrivilegeEscalation"
+        caps = ctx.get("capabilities") or {}
+        assert "ALL" in caps.get("drop", []) and not caps.get("add"), f"{where}/{c['name']}: capabilities"
+
+
+@pytest.mark.parametrize("where,pod", pod_specs(), ids=ids(pod_specs()))
+def test_s3_credentials_come_from_a_secret_or_the_pods_identity(where, pod):
+    for c in containers(pod):
+        for var in c.get("env", []):
+            if CREDENTIAL_VARS.match(var["name"]):
+                assert "secretKeyRef" in (var.get("valueFrom") or {}), f"{where}: {var['name']} not from a Secret"
+        for source in c.get("envFrom", []):
+            assert set(source) <= {"secretRef", "prefix"}, f"{where}: envFrom {source} (credentials: Secrets only)"
+        if c["image"] == raymae_image():  # the Ray nodes reach S3: a Secret, or IRSA through the service account
+            assert c.get("envFrom") or pod.get("serviceAccountName"), f"{where}: no way to get S3 credentials"
+
+
+def test_the_cluster_launcher_gives_every_node_an_iam_role_and_no_keys():
+    config = documents(INFRA / "cluster-aws.yaml")[0]
+    for name, node in config["available_node_types"].items():
+        assert node["node_config"]["IamInstanceProfile"]["Name"], name
+    assert not any(".aws" in str(k) + str(v) for k, v in (config.get("file_mounts") or {}).items())
+    commands = [c for key, value in config.items() if key.endswith("_commands") for c in value or []]
+    assert not [c for c in commands if re.search(r"aws configure|AWS_SECRET|AWS_ACCESS_KEY", c)]
+    options = config["docker"].get("run_options", []) + config["docker"].get("worker_run_options", [])
+    assert not [o for o in options if "--privileged" in o or "--cap-add" in o]
+
+
+def test_the_image_runs_as_an_unprivileged_user():
+    users = re.findall(r"^USER\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert users and users[-1] not in ("root", "0"), f"the Dockerfile's last USER is {users[-1:]}"

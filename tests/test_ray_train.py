@@ -2,9 +2,9 @@
 
 import json
 import os
-import signal
+import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from raymae.artifact import ModelArtifact
 from raymae.ray_train import TrainJob, run_training
 from tests.conftest import tiny_recipe
+from tests.ray_faults import actors, kill_actor_process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,53 +49,98 @@ def test_data_checkpoints_and_artifact_can_all_live_in_s3(ray_local, synthetic_d
     assert ModelArtifact.load(job.out).model_id == artifact.model_id
 
 
-def _train_worker_pids() -> list[int]:
-    """PIDs of live Ray Train worker processes (Ray titles them ray::RayTrainWorker...)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"ray::RayTrainWorker" in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return sorted(pids)
+# ------------------------------------------------------------------ faults
+def registered(run_dir: Path) -> dict | None:
+    """(stage, epoch) of the newest checkpoint Ray Train's controller has registered for the run.
+
+    The controller writes its snapshot when it registers a reported checkpoint (it
+    collects reports every ~2 s); only a registered checkpoint is sure to be resumed
+    from, so faults are injected after one, never in the window before.
+    """
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or being written
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    metrics = latest.get("metrics") or {}
+    return {"stage": metrics["stage"], "epoch": metrics["epoch"]} if "stage" in metrics else None
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, synthetic_dataset, tmp_path):
-    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(20, 2),
+def kill_workers_mid_stages(run_dir: Path, windows: dict[int, range], killed: list[dict]) -> threading.Thread:
+    """A thread that SIGKILLs one Ray Train worker once per stage in `windows`, as soon as a
+    checkpoint of that stage with an epoch in its window is registered."""
+    def run() -> None:
+        for stage, epochs in windows.items():
+            hit = wait_for(lambda: (r := registered(run_dir)) and r["stage"] == stage and r["epoch"] in epochs
+                           and actors("RayTrainWorker") and r, timeout=600, interval=0.02)
+            if not hit:
+                return
+            kill_actor_process(actors("RayTrainWorker")[-1])
+            killed.append(hit)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_killed_in_each_stage_resumes_from_the_last_checkpoint(ray_local, synthetic_dataset, tmp_path,
+                                                                        reliability):
+    epochs = (10, 8)
+    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(*epochs),
                    workers=2, storage=str(tmp_path / "runs"), max_failures=2)
-    run_dir = tmp_path / "runs" / job.resolved_run_name()
-    killed: list[int] = []
-    earlier_runs = set(_train_worker_pids())  # workers of earlier tests may still be exiting
-
-    def kill_a_worker_after_two_epochs() -> None:
-        # Ray Train's controller collects reported checkpoints every 2 s: wait 3 s after the
-        # first one so that at least one has been registered, then kill while still in stage 1.
-        deadline, first_seen = time.time() + 300, None
-        while time.time() < deadline and not killed:
-            latest = sorted(run_dir.glob("checkpoint_*/state.json"))[-1:]  # names sort by time
-            try:
-                state = json.loads(latest[0].read_text()) if latest else {}
-            except (OSError, ValueError):  # a checkpoint being written right now
-                state = {}
-            pids = [p for p in _train_worker_pids() if p not in earlier_runs]
-            if state and first_seen is None:
-                first_seen = time.time()
-            settled = first_seen is not None and time.time() - first_seen > 3
-            if pids and settled and state.get("stage") == 1 and state["epoch"] < 17:  # mid stage 1
-                os.kill(pids[-1], signal.SIGKILL)
-                killed.append(pids[-1])
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_a_worker_after_two_epochs, daemon=True)
-    killer.start()
+    killed: list[dict] = []
+    killer = kill_workers_mid_stages(tmp_path / "runs" / job.resolved_run_name(),
+                                     {1: range(1, epochs[0]), 2: range(1, epochs[1])}, killed)
     artifact = run_training(job)
-    killer.join()
+    killer.join(timeout=30)
+    reliability.training_run("a Ray Train worker SIGKILLed in stage 1 and again in stage 2", len(killed),
+                             artifact, epochs)
 
-    assert killed, "no worker was killed"
+    assert [k["stage"] for k in killed] == [1, 2], killed
     resumes = artifact.info["resumes"]
-    assert resumes and resumes[0]["stage"] == 1 and resumes[0]["epoch"] >= 1  # not restarted from zero
+    assert [r["stage"] for r in resumes] == [1, 2]
+    for resume, kill in zip(resumes, killed):  # from the registered checkpoint or a later one, never epoch 0
+        assert resume["epoch"] >= kill["epoch"] >= 1, (resumes, killed)
     # every epoch of both stages appears exactly once in the carried history
-    epochs = [(h["stage"], h["epoch"]) for h in artifact.info["history"]]
-    assert epochs == [(1, e) for e in range(1, 21)] + [(2, e) for e in range(1, 3)]
+    history = [(h["stage"], h["epoch"]) for h in artifact.info["history"]]
+    assert history == [(1, e) for e in range(1, epochs[0] + 1)] + [(2, e) for e in range(1, epochs[1] + 1)]
+    assert ModelArtifact.load(job.out).model_id == artifact.model_id
+
+
+def test_a_killed_driver_resubmitted_with_the_same_run_name_resumes(ray_local, synthetic_dataset, tmp_path,
+                                                                    reliability):
+    import ray
+
+    epochs = (6, 1)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(tiny_recipe(*epochs).to_dict()))
+    run_dir = tmp_path / "runs" / "nightly-model"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raymae.cli", "train", "--data", synthetic_dataset, "--out", str(tmp_path / "model"),
+         "--config", str(recipe), "--workers", "2", "--storage", str(tmp_path / "runs"),
+         "--run-name", "nightly-model", "--max-failures", "0"],
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        at = wait_for(lambda: (r := registered(run_dir)) and r["stage"] == 1 and r["epoch"] >= 2 and r,
+                      timeout=600, interval=0.02)
+    finally:
+        driver.kill()  # SIGKILL: the driver gets no chance to clean up
+        _, err = driver.communicate(timeout=60)
+    assert at, f"no stage-1 checkpoint was registered: {err[-2000:]}"
+    assert not (tmp_path / "model").exists()
+    # Ray ends a dead driver's actors; resubmitting while they still run would race them
+    mine = ray.get_runtime_context().get_job_id()  # this process's own finished runs may keep a controller
+    assert wait_for(lambda: not [a for a in actors("Train") if a["JobID"] != mine], timeout=120)
+
+    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(*epochs), workers=2,
+                   storage=str(tmp_path / "runs"), run_name="nightly-model")
+    artifact = run_training(job)
+    reliability.training_run("the training driver SIGKILLed in stage 1, then resubmitted with its run name", 1,
+                             artifact, epochs)
+
+    resume, = artifact.info["resumes"]
+    assert resume["stage"] == 1 and resume["epoch"] >= at["epoch"] >= 2
+    history = [(h["stage"], h["epoch"]) for h in artifact.info["history"]]
+    assert history == [(1, e) for e in range(1, epochs[0] + 1)] + [(2, e) for e in range(1, epochs[1] + 1)]
     assert ModelArtifact.load(job.out).model_id == artifact.model_id

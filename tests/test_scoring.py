@@ -137,8 +137,9 @@ def test_every_image_in_is_one_row_out_and_broken_files_say_why(night, dump):
 def test_the_output_follows_the_documented_schema_in_a_hive_partition(night, model_dir, trained_artifact):
     out = Path(night["out"])
     assert [p.name for p in out.iterdir()] == [f"date={DAY1}"]  # no staging left behind
-    names = [p.name for p in (out / f"date={DAY1}").iterdir()]
-    assert names and all(re.fullmatch(r"part-\d{5}(-\d+)?\.parquet", n) for n in names), names
+    names = sorted(p.name for p in (out / f"date={DAY1}").iterdir())
+    assert names[0] == "_SUCCESS", names  # written last: the partition is complete
+    assert names[1:] and all(re.fullmatch(r"part-\d{5}(-\d+)?\.parquet", n) for n in names[1:]), names
     table = night["table"]
     assert table.schema == OUTPUT_SCHEMA
     ok = [r for r in table.to_pylist() if r["status"] == "ok"]
@@ -210,8 +211,9 @@ def test_inputs_model_and_output_can_all_live_in_s3(ray_local, dump, model_dir, 
                     ScoreOptions(date=DAY1, batch_size=8))
 
     fs.invalidate_cache()
-    files = fs.find(f"{s3_bucket}/scores")
+    files = [f for f in fs.find(f"{s3_bucket}/scores") if not f.endswith("/_SUCCESS")]
     assert files and all(f.startswith(f"{s3_bucket[5:]}/scores/date={DAY1}/part-") for f in files)
+    assert fs.exists(f"{s3_bucket}/scores/date={DAY1}/_SUCCESS")
     table = pds.dataset(files, filesystem=fs, format="parquet").to_table()
     n_line1 = len(list((Path(dump["root"]) / "line1").iterdir()))
     assert table.num_rows == summary.images == n_line1 + 4 and summary.errors == 0
@@ -249,3 +251,26 @@ def test_the_readme_queries_run_on_the_output_with_duckdb_and_pandas(night, dump
     assert scope["top"].score.tolist() == pytest.approx(expected_top)
     assert scope["per_day"][DAY1] == pytest.approx(day1[2])
     assert set(scope["errors"][scope["errors"].date == DAY1].image_uri) == {r[1] for r in errors if str(r[0]) == DAY1}
+
+
+def test_the_completeness_check_refuses_a_lost_or_repeated_image(tmp_path):
+    import pyarrow.parquet as pq
+
+    from raymae.scoring import ScoringFailed, check_complete
+    from raymae.sources import IMAGE, Listing, Source
+
+    listing = Listing([Source(f"/d/{n}.png", IMAGE, 1) for n in "abc"] + [Source("/d/s.tar", "tar", 1)])
+
+    def staged(uris: list[str]) -> str:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        sources = [u.split("#")[0] for u in uris]
+        pq.write_table(pa.table({"image_uri": uris, "source_uri": sources}), folder / "part-00000.parquet")
+        return str(folder)
+
+    members = ["/d/s.tar#x.png", "/d/s.tar#x.png"]  # a tar may hold two members of one name
+    check_complete(staged(["/d/a.png", "/d/b.png", "/d/c.png", *members]), listing)
+    with pytest.raises(ScoringFailed, match="1 inputs without a row"):
+        check_complete(staged(["/d/a.png", "/d/b.png", *members]), listing)
+    with pytest.raises(ScoringFailed, match="1 with more than one"):
+        check_complete(staged(["/d/a.png", "/d/b.png", "/d/c.png", "/d/c.png", *members]), listing)

@@ -3,7 +3,7 @@
 import pytest
 
 from raymae.data import DataError, load_image
-from raymae.sources import IMAGE, TAR, list_sources, read_sources
+from raymae.sources import IMAGE, TAR, Limits, list_sources, read_sources
 from tests.badfiles import BAD_FILES, jpeg_bytes, png_bytes, write_bad_files, write_tar
 
 
@@ -88,7 +88,7 @@ def test_files_over_the_size_limit_are_refused_unread(tmp_path):
     (tmp_path / "big.png").write_bytes(png_bytes(size=64))
     write_tar(tmp_path / "s.tar", {"big.png": png_bytes(size=64)})
 
-    raws = list(read_sources(list_sources([str(tmp_path)]).sources, max_file_bytes=1000))
+    raws = list(read_sources(list_sources([str(tmp_path)]).sources, limits=Limits(max_file_bytes=1000)))
 
     assert [r.data for r in raws] == [None, None]
     assert "too large" in raws[0].error and "too large" in raws[1].error
