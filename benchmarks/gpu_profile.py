@@ -110,6 +110,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--corrupt", type=int, default=256, help="images corrupted per measurement")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--corruption-only", action="store_true",
+                   help="stop after the corruption throughput (a CPU measurement, no model)")
     args = p.parse_args()
     cfg = RECIPES[args.recipe]
     device = torch.device(args.device)
@@ -124,6 +126,8 @@ def main() -> int:
     out[f"corrupt_img_per_s_{args.workers}proc"] = corruption_rate(
         training.train, cfg.corruption, args.corrupt, args.workers)
     print(json.dumps(out), flush=True)
+    if args.corruption_only:
+        return 0
     t = time.time()
     torch.zeros(1, device=device)
     out["device_init_s"] = time.time() - t

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +28,7 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
 
 
 def _quality_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality.py")
 
 
 def test_a_time_budget_is_split_into_epochs_by_the_measured_epoch_times():

@@ -6,7 +6,6 @@ and compared with pyproject.toml, the Dockerfile, jobs/ and the raymae CLI.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import tomllib
@@ -15,6 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -221,9 +221,7 @@ def cli_argv(name: str, args: list[str]) -> list[str]:
     """The argv jobs/<name>.py hands to `raymae.cli.main`: the subcommand `name`
     and the job's flags, after the script's own defaults (jobs/score.py adds
     `--date <today, UTC>` when there is none)."""
-    spec = importlib.util.spec_from_file_location(f"job_{name}", ROOT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the scripts only call main() under __main__
+    module = load_script(f"jobs/{name}.py")
     return [name, *getattr(module, "with_default_date", list)(args)]
 
 

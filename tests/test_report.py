@@ -22,6 +22,7 @@ from raymae.report import figures
 from raymae.report.nightly import build_nightly_report, folder_levels, location_parts
 from tests.badfiles import write_tar
 from tests.browser import Browser, ensure_chromium
+from tests.scripts import load_script
 
 DAY0, DAY1, DAY2 = "2026-11-25", "2026-11-26", "2026-11-27"
 HOSTILE_OK = "<script>.png"                       # a readable image with a hostile name
@@ -307,13 +308,9 @@ def test_wrong_report_arguments_are_one_line_errors(capsys, tmp_path):
 
 
 def test_the_report_job_fills_in_todays_date():
-    import importlib.util
-
     from raymae.scoring import parse_date
 
-    spec = importlib.util.spec_from_file_location("report_job", Path(__file__).parents[1] / "jobs" / "report.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("jobs/report.py")
     args = job.with_default_date(["--scores", "x"])
     assert args[-2] == "--date" and parse_date(args[-1])
 

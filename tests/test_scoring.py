@@ -13,7 +13,8 @@ from raymae import heatmap
 from raymae.cli import main
 from raymae.data import DataError
 from raymae.scoring import OUTPUT_SCHEMA, ScoreOptions, parse_date, score, to_output_rows
-from tests.badfiles import BAD_FILES, png_bytes, write_bad_files, write_tar
+from tests.badfiles import png_bytes, write_bad_files, write_tar
+from tests.scripts import load_script
 
 DAY1, DAY2 = "2026-11-26", "2026-11-27"  # DAY1 is the night the README queries ask about
 
@@ -62,11 +63,7 @@ def test_error_rows_have_nulls_where_there_is_nothing_to_report():
 
 
 def test_the_nightly_job_fills_in_todays_date_and_keeps_an_explicit_one():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("score_job", Path(__file__).parents[1] / "jobs" / "score.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("jobs/score.py")
     args = job.with_default_date(["--input", "x"])
     assert args[-2] == "--date" and parse_date(args[-1])
     assert job.with_default_date(["--date", DAY1]) == ["--date", DAY1]

@@ -14,11 +14,11 @@ from datetime import datetime
 
 import numpy as np
 
-from raymae import data, metrics, storage
+from raymae import data, metrics
 from raymae.evaluate import METRIC_NAMES, EvaluationResult
 from raymae.inference import Prediction
 from raymae.report import figures
-from raymae.report.html import render
+from raymae.report.html import render, write_page
 
 CASES_PER_KIND = 4     # normal images shown as false-alarm candidates
 BEST, WORST, NORMAL = "best", "worst", "normal"
@@ -121,6 +121,4 @@ def render_evaluation_report(report: EvaluationReport) -> str:
 
 def write_evaluation_report(report: EvaluationReport, output: str) -> str:
     """``<output>/report.html`` (local or ``s3://``); returns its URI."""
-    uri = storage.join(output, "report.html")
-    storage.write_bytes(uri, render_evaluation_report(report).encode("utf-8"))
-    return uri
+    return write_page(output, "report.html", render_evaluation_report(report))

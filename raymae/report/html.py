@@ -51,3 +51,13 @@ def environment() -> jinja2.Environment:
 
 def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
+
+
+
+def write_page(output: str, filename: str, page: str) -> str:
+    """Write a rendered page to ``<output>/<filename>`` (local or ``s3://``); returns its URI."""
+    from raymae import storage
+
+    uri = storage.join(output, filename)
+    storage.write_bytes(uri, page.encode("utf-8"))
+    return uri

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from raymae import heatmap, sources, storage
 from raymae.data import DataError, load_image
 from raymae.report import dataset, figures
-from raymae.report.html import render
+from raymae.report.html import render, write_page
 from raymae.scoring import parse_date
 
 DEFAULT_TOP = 20
@@ -246,6 +246,4 @@ def render_nightly_report(report: NightlyReport) -> str:
 
 def write_nightly_report(report: NightlyReport, output: str) -> str:
     """``<output>/index.html`` (local or ``s3://``); returns its URI."""
-    uri = storage.join(output, "index.html")
-    storage.write_bytes(uri, render_nightly_report(report).encode("utf-8"))
-    return uri
+    return write_page(output, "index.html", render_nightly_report(report))
