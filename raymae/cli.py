@@ -217,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from raymae.scoring import ScoreOptions, plan, run
-    from raymae.storage import resolve
+    from raymae.storage import check_writable
 
     opts = ScoreOptions(date=args.date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                         cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
@@ -226,12 +226,13 @@ def cmd_score(args: argparse.Namespace) -> int:
                         max_tar_members=args.max_tar_members)  # checks the date too
     work = plan([u.replace("{date}", opts.date) for u in args.input], args.model,
                 args.output.replace("{date}", opts.date), opts)  # all checks before Ray starts
-    if args.report:
-        resolve(args.report)  # a bad report URI fails now, not after scoring
+    report = args.report.replace("{date}", opts.date) if args.report else None
+    if report:
+        check_writable(report)  # a report folder that cannot be written fails now, not after scoring
     _init_ray()
     print(run(work).format())
-    if args.report:
-        print(write_report(work.output, opts.date, args.report.replace("{date}", opts.date)))
+    if report:
+        print(write_report(work.output, opts.date, report))
     return 0
 
 

@@ -250,56 +250,38 @@ def split_member(image_uri: str) -> tuple[str, str | None]:
     return image_uri, None
 
 
-def read_images(image_uris: list[str], max_file_bytes: int = MAX_FILE_BYTES, threads: int = 16) -> dict[str, RawImage]:
+def read_images(image_uris: list[str], limits: Limits = Limits(), threads: int = 16) -> dict[str, RawImage]:
     """Bytes of a few scored images again, by the ``image_uri`` scoring wrote: files, or tar members
-    (each archive streamed once, up to its last wanted member). Never raises: a file that is gone
-    or unreadable now is a RawImage whose ``error`` says why."""
-    files: list[str] = []
+    (each archive streamed once, up to its last wanted member), read as scoring reads them. Never
+    raises: a file that is gone or unreadable now is a RawImage whose ``error`` says why."""
+    files: list[Source] = []
     members: dict[str, set[str]] = {}
     for uri in dict.fromkeys(image_uris):
         archive, member = split_member(uri)
         if member is None:
-            files.append(uri)
+            files.append(Source(uri, IMAGE, 0))  # size unknown: read_image checks the bytes it reads
         else:
             members.setdefault(archive, set()).add(member)
-    out: dict[str, RawImage] = {}
-    if files:
-        with ThreadPoolExecutor(min(threads, len(files))) as pool:
-            out.update(zip(files, pool.map(lambda u: _read_again(u, max_file_bytes), files)))
+    out = {raw.image_uri: raw for raw in read_sources(files, threads, limits)}
     for archive, wanted in members.items():
-        out.update(_read_members(archive, wanted, max_file_bytes))
+        out.update(_read_members(archive, wanted, limits))
     return out
 
 
-def _read_again(uri: str, max_file_bytes: int) -> RawImage:
-    try:
-        fs, path = storage.resolve(uri)
-        size = int(fs.size(path) or 0)
-    except Exception as e:  # gone, permission denied, network
-        return RawImage(uri, uri, None, f"cannot read file: {_reason(e)}")
-    return read_image(Source(uri, IMAGE, size), max_file_bytes)
-
-
-def _read_members(archive: str, wanted: set[str], max_file_bytes: int) -> dict[str, RawImage]:
+def _read_members(archive: str, wanted: set[str], limits: Limits) -> dict[str, RawImage]:
     found: dict[str, RawImage] = {}
     left = set(wanted)
     reason = "not in the archive"
-    try:
-        fs, path = storage.resolve(archive)
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if member.name not in left or not member.isfile():
-                    continue
-                uri = f"{archive}#{member.name}"
-                if member.size > max_file_bytes:
-                    found[uri] = _too_large(uri, archive, member.size, max_file_bytes, "tar member")
-                else:
-                    found[uri] = RawImage(uri, archive, tar.extractfile(member).read())
-                left.discard(member.name)
-                if not left:
-                    break
-    except Exception as e:  # gone, not a tar any more, truncated
-        reason = f"cannot read the archive: {_reason(e)}"
+    for raw in read_tar(Source(archive, TAR, 0), limits):
+        member = split_member(raw.image_uri)[1]
+        if member is None:  # the archive itself could not be read (further)
+            reason = raw.error
+            break
+        if member in left:
+            found[raw.image_uri] = raw
+            left.discard(member)
+            if not left:
+                break
     for name in left:
         uri = f"{archive}#{name}"
         found[uri] = RawImage(uri, archive, None, reason)
