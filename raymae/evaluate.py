@@ -8,7 +8,7 @@ test image), and prints a table.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 import numpy as np
@@ -31,27 +31,46 @@ class EvaluationResult:
     map_rule: str
     threshold: float
     extra: dict = field(default_factory=dict)
+    # (pixel FPR, PRO) of "all" and of each defect type, resampled for plots; not in metrics.json
+    pro_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def to_json_dict(self) -> dict:
+        """What metrics.json holds: everything but the curves."""
+        out = asdict(replace(self, pro_curves={}))
+        del out["pro_curves"]
+        return out
 
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
                     fpr_limit: float = 0.3) -> dict[str, float]:
     """The five headline metrics; pixel metrics are NaN where the split has no defect pixels."""
+    return metrics_and_pro_curve(labels, scores, masks, maps, fpr_limit)[0]
+
+
+def metrics_and_pro_curve(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
+                          fpr_limit: float = 0.3) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`compute_metrics` and the PRO curve behind AUPRO (None without defect pixels)."""
     nan = float("nan")
-    pixel = (metrics.pixel_metrics(masks, maps, fpr_limit) if masks.any()
-             else {"pixel_auroc": nan, "pixel_ap": nan, "aupro": nan})
-    return {**metrics.image_metrics(labels, scores), **pixel}
+    pixel, curve = {"pixel_auroc": nan, "pixel_ap": nan, "aupro": nan}, None
+    if masks.any():
+        pixel, curve = metrics.pixel_metrics_and_pro_curve(masks, maps, fpr_limit)
+    return {**metrics.image_metrics(labels, scores), **pixel}, curve
 
 
-def per_type_metrics(test: data.ImageSet, pred: Prediction) -> dict[str, dict[str, float]]:
-    """Each defect type against the normal test images."""
+def per_type_metrics(test: data.ImageSet, pred: Prediction
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Each defect type against the normal test images: its metrics, and its PRO curve."""
     types = np.array(test.defect_types)
     good = types == data.GOOD
-    rows = {}
+    rows, curves = {}, {}
     for defect in sorted(set(types) - {data.GOOD}):
         sel = good | (types == defect)
-        rows[defect] = compute_metrics(test.labels[sel], pred.scores[sel], test.masks[sel], pred.maps[sel])
+        rows[defect], curve = metrics_and_pro_curve(test.labels[sel], pred.scores[sel],
+                                                    test.masks[sel], pred.maps[sel])
         rows[defect]["n"] = int((types == defect).sum())
-    return rows
+        if curve is not None:
+            curves[defect] = curve
+    return rows, curves
 
 
 def evaluate(artifact: ModelArtifact, data_uri: str, device: str = "cpu", batch_size: int = 32,
@@ -63,10 +82,12 @@ def evaluate(artifact: ModelArtifact, data_uri: str, device: str = "cpu", batch_
                              f"and defective images to compute AUROC")
     pred = artifact.predictor(device).predict(test.images, batch_size)
     amap = artifact.config.anomaly_map
+    overall, curve = metrics_and_pro_curve(labels, pred.scores, test.masks, pred.maps)
+    per_type, curves = per_type_metrics(test, pred)
     result = EvaluationResult(
-        metrics=compute_metrics(labels, pred.scores, test.masks, pred.maps),
-        per_type=per_type_metrics(test, pred), n_images=len(labels), model_id=artifact.model_id,
-        map_rule=f"{amap.combination}/{amap.score_rule}", threshold=artifact.calibration.threshold)
+        metrics=overall, per_type=per_type, n_images=len(labels), model_id=artifact.model_id,
+        map_rule=f"{amap.combination}/{amap.score_rule}", threshold=artifact.calibration.threshold,
+        pro_curves=({"all": curve} if curve is not None else {}) | curves)
     flagged = pred.scores >= result.threshold
     result.extra = {"threshold_fpr": float(flagged[labels == 0].mean()),
                     "threshold_tpr": float(flagged[labels == 1].mean())}
@@ -76,7 +97,7 @@ def evaluate(artifact: ModelArtifact, data_uri: str, device: str = "cpu", batch_
 def write_outputs(result: EvaluationResult, test: data.ImageSet, pred: Prediction, output: str) -> None:
     """``metrics.json`` and ``scores.parquet`` under ``output`` (local or s3://)."""
     storage.write_bytes(storage.join(output, "metrics.json"),
-                        json.dumps(asdict(result), indent=2, default=float).encode())
+                        json.dumps(result.to_json_dict(), indent=2, default=float).encode())
     table = pa.table({
         "image_uri": pa.array(test.uris, pa.string()),
         "score": pa.array(pred.scores, pa.float32()),
@@ -89,10 +110,15 @@ def write_outputs(result: EvaluationResult, test: data.ImageSet, pred: Predictio
     storage.write_bytes(storage.join(output, "scores.parquet"), sink.getvalue().to_pybytes())
 
 
+def metric_rows(result: EvaluationResult) -> list[tuple[str, dict[str, float]]]:
+    """("all" | defect type, its metrics with ``n``), as the table and the evaluation page show them."""
+    return [("all", dict(result.metrics, n=result.n_images)), *result.per_type.items()]
+
+
 def format_table(result: EvaluationResult) -> str:
     header = f"{'':<14}" + "".join(f"{m:>14}" for m in METRIC_NAMES) + f"{'n':>6}"
     rows = [header]
-    for name, row in [("all", dict(result.metrics, n=result.n_images)), *result.per_type.items()]:
+    for name, row in metric_rows(result):
         rows.append(f"{name:<14}" + "".join(f"{row[m]:>14.4f}" for m in METRIC_NAMES) + f"{row['n']:>6}")
     rows.append(f"model {result.model_id}  map rule {result.map_rule}  threshold {result.threshold:.4g} "
                 f"(test FPR {result.extra['threshold_fpr']:.3f}, TPR {result.extra['threshold_tpr']:.3f})")

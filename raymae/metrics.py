@@ -198,6 +198,11 @@ def pixel_curves(masks: np.ndarray, maps: np.ndarray, regions: bool = True) -> P
     return curves
 
 
+def _check_fpr_limit(fpr_limit: float) -> None:
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+
+
 def _trapezoid(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     """Trapezoid area under ``y(x)`` for ``x`` in [x[0], x_max]; ``x`` must be non-decreasing.
 
@@ -240,8 +245,7 @@ def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
         maps: (N, H, W) anomaly scores, higher = more anomalous.
         fpr_limit: upper FPR bound of the integral, in (0, 1].
     """
-    if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    _check_fpr_limit(fpr_limit)
     m, a = _pixel_inputs(masks, maps)
     _require_classes(m, "pixels")
     return pixel_curves(m, a).aupro(fpr_limit)
@@ -254,9 +258,17 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
 
 def pixel_metrics(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> dict[str, float]:
     """``{"pixel_auroc", "pixel_ap", "aupro"}`` for (N, H, W) masks and anomaly maps, from one sort."""
-    if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    return pixel_metrics_and_pro_curve(masks, maps, fpr_limit)[0]
+
+
+def pixel_metrics_and_pro_curve(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3, points: int = 2000
+                                ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+    """:func:`pixel_metrics` and the PRO curve it integrated, as (pixel FPR, PRO) resampled to at
+    most ``points`` points (ends kept) for a plot: one sort of the pixels for both."""
+    _check_fpr_limit(fpr_limit)
     m, a = _pixel_inputs(masks, maps)
     _require_classes(m, "pixels")
     curves = pixel_curves(m, a)
-    return {"pixel_auroc": curves.auroc(), "pixel_ap": curves.ap(), "aupro": curves.aupro(fpr_limit)}
+    scalars = {"pixel_auroc": curves.auroc(), "pixel_ap": curves.ap(), "aupro": curves.aupro(fpr_limit)}
+    keep = np.unique(np.linspace(0, len(curves.fpr) - 1, points).round().astype(int))
+    return scalars, (curves.fpr[keep], curves.pro[keep])

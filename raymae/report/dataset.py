@@ -19,7 +19,7 @@ import pyarrow.dataset as pds
 
 from raymae import storage
 from raymae.data import DataError
-from raymae.scoring import PARTITION, parse_date
+from raymae.scoring import PARTITION, parse_date, partition_uri
 
 NIGHT_COLUMNS = ["image_uri", "score", "is_anomalous", "threshold", "heatmap_max", "height", "width",
                  "status", "error", "model_id", "scored_at"]
@@ -76,7 +76,7 @@ def require_date(scores_uri: str, date: str) -> list[str]:
 
 def open_partition(scores_uri: str, date: str, columns: list[str]) -> pds.Dataset:
     """One night's Parquet files as a dataset, checked to hold ``columns``."""
-    partition = storage.join(scores_uri, f"{PARTITION}={date}")
+    partition = partition_uri(scores_uri, date)
     fs, path = storage.arrow_filesystem(partition)
     try:
         dataset = pds.dataset(path, filesystem=fs, format="parquet")

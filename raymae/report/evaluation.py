@@ -15,7 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from raymae import data, metrics
-from raymae.evaluate import METRIC_NAMES, EvaluationResult
+from raymae.evaluate import METRIC_NAMES, EvaluationResult, metric_rows
 from raymae.inference import Prediction
 from raymae.report import figures
 from raymae.report.html import render, write_page
@@ -65,9 +65,9 @@ class EvaluationReport:
 def build_evaluation_report(result: EvaluationResult, test: data.ImageSet, pred: Prediction,
                             cases_per_kind: int = CASES_PER_KIND) -> EvaluationReport:
     types = np.array(test.defect_types)
-    rows = [("all", dict(result.metrics, n=result.n_images)), *result.per_type.items()]
+    rows = metric_rows(result)
     chosen = choose_cases(types, pred.scores, cases_per_kind)
-    vmax = float(max([result.threshold, *(pred.maps[i].max() for _, i in chosen)]))
+    vmax = figures.colour_scale([pred.maps[i].max() for _, i in chosen], result.threshold)
     cases = [Case(kind, test.uris[i], str(types[i]), float(pred.scores[i]),
                   bool(pred.scores[i] >= result.threshold),
                   figures.overlay_panels(pred.maps[i], result.threshold, vmax,
@@ -98,12 +98,11 @@ def choose_cases(types: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[st
 def plots(result: EvaluationResult, types: np.ndarray, test: data.ImageSet, pred: Prediction,
           vmax: float) -> dict[str, figures.Picture]:
     good = types == data.GOOD
-    roc, pro = {}, {}
+    roc = {}
     for name in ["all", *result.per_type]:
         sel = np.ones(len(types), bool) if name == "all" else good | (types == name)
         roc[name] = metrics.roc_curve(test.labels[sel], pred.scores[sel])
-        if test.masks[sel].any():
-            pro[name] = metrics.pro_curve(test.masks[sel], pred.maps[sel])
+    pro = result.pro_curves  # computed with the metrics, one sort of the pixels each
     out = {"roc": figures.curves(roc, "image ROC", "false-positive rate (normal images)",
                                  "true-positive rate (defective images)", chance=True),
            "histogram": figures.score_histogram({"normal": pred.scores[good], "defective": pred.scores[~good]},

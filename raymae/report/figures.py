@@ -210,6 +210,14 @@ def curves(lines: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: 
     return _png(fig)
 
 
+def colour_scale(tops, threshold: float | None) -> float:
+    """One heatmap colour scale for a whole page, so colours compare across images: the largest
+    finite map maximum or threshold, 1.0 when there is none above 0."""
+    candidates = [float(t) for t in [*tops, threshold] if t is not None and np.isfinite(t)]
+    top = max(candidates, default=0.0)
+    return top if top > 0 else 1.0
+
+
 def thin(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
     """At most ``points`` points of a curve with non-decreasing x, its ends kept."""
     if len(x) <= points:

@@ -113,7 +113,7 @@ def build_nightly_report(scores_uri: str, date: str, top: int = DEFAULT_TOP,
     past = dataset.history(scores_uri, earlier) + [stats]
     summary = summarise(stats, night)
     chosen = top_rows(night, top)
-    vmax = colour_scale(chosen, summary.threshold)
+    vmax = figures.colour_scale([r["heatmap_max"] for r in chosen], summary.threshold)
     prefix, levels = folder_levels(night.column("image_uri").to_pylist())
     report = NightlyReport(
         scores_uri=scores_uri, date=date, summary=summary,
@@ -136,13 +136,6 @@ def top_rows(night: pa.Table, n: int) -> list[dict]:
     ok = night.filter(pc.and_(dataset.is_ok(night), pc.is_valid(night.column("score"))))
     order = pc.sort_indices(ok, sort_keys=[("score", "descending"), ("image_uri", "ascending")])
     return ok.take(order[:n]).to_pylist()
-
-
-def colour_scale(rows: list[dict], threshold: float) -> float:
-    """One heatmap colour scale for the whole page, so colours compare across images."""
-    tops = [r["heatmap_max"] for r in rows if r["heatmap_max"] is not None]
-    candidates = [t for t in [*tops, threshold] if t is not None and np.isfinite(t)]
-    return float(max(candidates)) if candidates and max(candidates) > 0 else 1.0
 
 
 def draw_top(night: dataset.Night, rows: list[dict], vmax: float) -> list[TopImage]:
