@@ -63,9 +63,13 @@ def load_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedI
     return DecodedImage(resize_rgb(img, size), height, width)
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bytes -> full-size RGB PIL image; raises DataError with the reason when it cannot."""
-    return _decode(data, max_pixels)[0]
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Bytes -> RGB PIL image at its own aspect ratio; raises DataError with the reason when it cannot.
+
+    Full size, except that with ``draft_size`` a large JPEG may be decoded at 1/2, 1/4 or 1/8
+    (never below ``draft_size`` on either side).
+    """
+    return _decode(data, max_pixels, draft_size)[0]
 
 
 def _decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymae import heatmap, sources, storage
-from raymae.data import DataError, load_image
+from raymae.data import DataError, decode_image
 from raymae.report import dataset, figures
 from raymae.report.html import render, write_page
 from raymae.scoring import parse_date
@@ -162,7 +162,7 @@ def original_pixels(raw: sources.RawImage, size: tuple[int, int]) -> tuple[np.nd
     if raw.data is None:
         return None, f"original not shown: {raw.error}"
     try:
-        return load_image(raw.data, max(size)).pixels, None
+        return np.asarray(decode_image(raw.data, draft_size=max(size))), None  # aspect kept: the panels resize
     except DataError as e:
         return None, f"original not shown: {e}"
 
