@@ -35,7 +35,7 @@ from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map
 from raymae.config import (AnomalyMapConfig, CorruptionConfig, ModelConfig, RaymaeConfig,
                            Stage1Config, Stage2Config)
 from raymae.evaluate import compute_metrics, evaluate, format_table
-from raymae.metrics import image_auroc
+from raymae.metrics import image_metrics
 from raymae.train import load_training_data, train_local
 from raymae.training import train_two_stages
 
@@ -116,7 +116,7 @@ def ablation(artifact, test, device: str) -> dict:
             maps, scores = make_anomaly_map(raw.recon_error, raw.prob, cfg)
             if pixel is None:  # pixel metrics do not depend on the score rule
                 pixel = compute_metrics(test.labels, scores.numpy(), test.masks, maps.numpy())
-            rows[f"{comb}/{rule}"] = dict(pixel, image_auroc=image_auroc(test.labels, scores.numpy()))
+            rows[f"{comb}/{rule}"] = {**pixel, **image_metrics(test.labels, scores.numpy())}  # this rule's
     return rows
 
 
