@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one recipe setting, e.g. --set stage1.epochs=10 (JSON values)")
+                   help="override one recipe setting, e.g. --set stage1.epochs=10 or --set precision=\"fp32\" (JSON values)")
     p.add_argument("--out", help="results file (default benchmarks/results/quality-<machine>.json)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--loader-workers", type=int, default=0,
@@ -142,8 +142,11 @@ def main(argv=None) -> int:
     cfg = RECIPES[args.recipe].to_dict()
     for item in args.set:
         key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        cfg[section][name] = json.loads(value)
+        *sections, name = key.split(".")
+        target = cfg
+        for section in sections:
+            target = target[section]
+        target[name] = json.loads(value)
     cfg = RaymaeConfig.from_dict(cfg)
 
     start = time.time()
@@ -154,40 +157,43 @@ def main(argv=None) -> int:
         cfg = fit_to_budget(cfg, probe, args.budget_minutes * 60, args.stage1_share)
         print(f"probe: {probe} s/epoch -> stage 1 {cfg.stage1.epochs} epochs, "
               f"stage 2 {cfg.stage2.epochs} epochs", flush=True)
-    train_start = time.time()
-    artifact = train_local(args.data, cfg, args.device, loader_workers=args.loader_workers,
-                           training=training)
-    train_s = time.time() - train_start
-    result, test, _ = evaluate(artifact, args.data, args.device)
-    total_s = time.time() - start
-    print(format_table(result))
-
     out = Path(args.out) if args.out else RESULTS / f"quality-{machine_tag()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
+        "status": "training",
         "dataset": Path(args.data.rstrip("/")).name,
         "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "recipe_name": args.recipe,
-        "recipe": artifact.config.to_dict(),
-        "map_rule_chosen_on_validation": result.map_rule,
-        "metrics": result.metrics,
-        "per_type": result.per_type,
-        "threshold": {"value": result.threshold, **result.extra},
-        "validation_table": artifact.calibration.validation,
-        "train_images": artifact.info["train_images"],
-        "holdout_images": artifact.info["holdout_images"],
-        "test_images": result.n_images,
-        "loss_history": artifact.info["history"],
         "budget_minutes": args.budget_minutes,
         "probe_epoch_seconds": probe,
-        "train_seconds": round(train_s, 1),
-        "wall_seconds": round(total_s, 1),
     }
-    out.write_text(json.dumps(record, indent=2, default=float))  # kept even if the ablation fails
-    record["test_ablation_map_rules"] = ablation(artifact, test, args.device)
-    out.write_text(json.dumps(record, indent=2, default=float))
-    print(f"wrote {out} ({total_s / 60:.1f} min)")
+
+    def save(status: str, **fields) -> None:
+        """Rewrite the results file after each phase, so a run cut short keeps what it reached."""
+        record.update(fields, status=status, wall_seconds=round(time.time() - start, 1))
+        out.write_text(json.dumps(record, indent=2, default=float))
+
+    save("training", recipe=cfg.to_dict())
+    train_start = time.time()
+    artifact = train_local(args.data, cfg, args.device, loader_workers=args.loader_workers,
+                           training=training)
+    save("trained and calibrated; evaluating", recipe=artifact.config.to_dict(),
+         validation_table=artifact.calibration.validation,
+         train_images=artifact.info["train_images"], holdout_images=artifact.info["holdout_images"],
+         loss_history=artifact.info["history"],
+         train_seconds=round(time.time() - train_start, 1))  # both stages and calibration
+    eval_start = time.time()
+    result, test, _ = evaluate(artifact, args.data, args.device)
+    print(format_table(result))
+    save("evaluated; ablation running", map_rule_chosen_on_validation=result.map_rule,
+         metrics=result.metrics, per_type=result.per_type,
+         threshold={"value": result.threshold, **result.extra}, test_images=result.n_images,
+         evaluate_seconds=round(time.time() - eval_start, 1))
+    ablation_start = time.time()
+    save("complete", test_ablation_map_rules=ablation(artifact, test, args.device),
+         ablation_seconds=round(time.time() - ablation_start, 1))
+    print(f"wrote {out} ({record['wall_seconds'] / 60:.1f} min)")
     return 0
 
 

@@ -15,11 +15,12 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
     out = tmp_path / "quality.json"
     tiny = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
             "model.stage2_extra_blocks=1", "stage1.epochs=2", "stage2.epochs=1", "stage1.batch_size=16",
-            "stage2.batch_size=16", "anomaly_map.sigma=1.0"]
+            "stage2.batch_size=16", "anomaly_map.sigma=1.0", 'precision="fp32"']
     cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", synthetic_dataset,
            "--out", str(out), *[arg for s in tiny for arg in ("--set", s)]]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     record = json.loads(out.read_text())
+    assert record["status"] == "complete" and record["recipe"]["precision"] == "fp32"
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
         assert 0.0 <= record["metrics"][key] <= 1.0
     assert len(record["test_ablation_map_rules"]) == 12

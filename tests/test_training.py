@@ -56,6 +56,29 @@ def test_both_stages_train_and_report_finite_losses(precision):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_the_stage2_loss_is_computed_in_float32_inside_a_bf16_autocast_region():
+    from raymae.model import Stage2Output
+    from raymae.training import stage2_loss
+
+    cfg = tiny_recipe()
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(4, 3, 64, 64, generator=gen) * 0.2  # low contrast, as grey industrial surfaces
+    recon = (clean + 0.01 * torch.randn(clean.shape, generator=gen)).requires_grad_(True)
+    logits = [torch.randn(4, 2, 64, 64, generator=gen)]
+    mask = torch.rand(4, 64, 64, generator=gen) > 0.9
+
+    def loss_and_grad(precision):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss, parts = stage2_loss(Stage2Output(recon, logits), clean, mask, cfg)
+        return loss, parts, torch.autograd.grad(loss, recon)[0]
+
+    loss32, parts32, grad32 = loss_and_grad("fp32")
+    loss16, parts16, grad16 = loss_and_grad("bf16")
+    assert loss16.dtype == torch.float32
+    assert abs(float(parts16["ssim"]) - float(parts32["ssim"])) < 1e-5
+    assert torch.allclose(grad16, grad32, rtol=1e-4, atol=1e-8)
+
+
 def test_a_diverging_loss_stops_training_with_a_clear_error():
     cfg = tiny_recipe(stage1_epochs=1, stage2_epochs=0)
     cfg = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, lr=1e30, warmup_epochs=0,
