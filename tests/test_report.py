@@ -77,8 +77,8 @@ def test_scored_images_are_read_again_from_files_and_tar_members_or_say_why_not(
     assert got[str(tmp_path / "gone.png")].error.startswith("cannot read file: FileNotFoundError")
 
 
-def test_a_night_where_nothing_could_be_scored_still_gets_a_page(tmp_path):
-    from raymae.report.nightly import render_nightly_report
+def unreadable_night() -> pa.Table:
+    """Scoring output of a night of two empty files: two error rows."""
     from raymae.scoring import to_output_rows
 
     batch = {"image_uri": np.array(["/d/l1/a.png", "/d/l2/b.png"], dtype=object),
@@ -87,7 +87,13 @@ def test_a_night_where_nothing_could_be_scored_still_gets_a_page(tmp_path):
              "error": np.array(["empty file (0 bytes)"] * 2, dtype=object),
              "score": np.full(2, np.nan, np.float32), "heatmap": np.zeros((2, 8, 8), np.float32),
              "scored_at": np.array(["2026-11-26T02:00:00"] * 2, dtype="datetime64[us]")}
-    write_night(str(tmp_path), DAY1, to_output_rows(batch, threshold=0.5, model_id="abc"))
+    return to_output_rows(batch, threshold=0.5, model_id="abc")
+
+
+def test_a_night_where_nothing_could_be_scored_still_gets_a_page(tmp_path):
+    from raymae.report.nightly import render_nightly_report
+
+    write_night(str(tmp_path), DAY1, unreadable_night())
     report = build_nightly_report(str(tmp_path), DAY1)
     assert (report.summary.stats.ok, report.summary.stats.errors, report.top) == (0, 2, [])
     assert [(g.reason, g.count) for g in report.errors] == [("empty file (0 bytes)", 2)]
@@ -104,6 +110,24 @@ def test_a_night_where_nothing_could_be_scored_still_gets_a_page(tmp_path):
                            "--output", str(tmp_path / "page")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "page" / "index.html").exists() and "2 errors" in done.stdout
+
+
+def test_a_night_whose_scoring_run_stopped_while_publishing_is_refused_and_left_out_of_the_trend(
+        capsys, tmp_path):
+    from raymae.report.nightly import render_nightly_report
+    from raymae.scoring import MARKER
+
+    for date in (DAY0, DAY1, DAY2):
+        write_night(str(tmp_path), date, unreadable_night())
+    (tmp_path / f"date={DAY1}" / MARKER).unlink()  # the run was killed between swapping the files in and the marker
+    code, _, err = run(capsys, "report", "--scores", str(tmp_path), "--date", DAY1,
+                       "--output", str(tmp_path / "page"))
+    assert code == 2 and not (tmp_path / "page").exists()
+    assert err.strip() == (f"raymae report: error: the scores for {DAY1} under {str(tmp_path)!r} are incomplete: "
+                           f"their scoring run stopped while publishing them (no _SUCCESS); score {DAY1} again")
+    report = build_nightly_report(str(tmp_path), DAY2)
+    assert [d.date for d in report.history] == [DAY0, DAY2] and report.incomplete_nights == [DAY1]
+    assert f"stopped while publishing them: {DAY1}." in render_nightly_report(report)
 
 
 # ------------------------------------------------------------------ a scored night
@@ -131,8 +155,12 @@ def dump(synthetic_dataset, tmp_path_factory) -> dict:
 
 
 def write_night(out: str, date: str, table: pa.Table) -> None:
+    """A published partition, as scoring leaves it: the Parquet file, then the ``_SUCCESS`` marker."""
+    from raymae.scoring import MARKER
+
     (Path(out) / f"date={date}").mkdir()
     pq.write_table(table, str(Path(out) / f"date={date}" / "part-00000.parquet"))
+    (Path(out) / f"date={date}" / MARKER).write_text("{}")
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +326,7 @@ def test_wrong_report_arguments_are_one_line_errors(capsys, tmp_path):
                        "--output", str(tmp_path / "r"))
     assert code == 2 and "no scores at" in err and "does not exist" in err
     (tmp_path / "s" / f"date={DAY1}").mkdir(parents=True)
+    (tmp_path / "s" / f"date={DAY1}" / "_SUCCESS").write_text("{}")
     code, _, err = run(capsys, "report", "--scores", str(tmp_path / "s"), "--date", DAY1, "--output", str(tmp_path))
     assert code == 2 and "holds no Parquet files" in err
     code, _, err = run(capsys, "report", "--scores", str(tmp_path), "--date", "26/11/2026", "--output", str(tmp_path))
@@ -327,6 +356,7 @@ def test_scores_originals_and_the_page_can_all_live_in_s3(capsys, night, dump, s
         moved = moved.set_column(moved.schema.get_field_index(column), column, pa.array(values, pa.string()))
     with fs.open(f"{s3_bucket}/scores/date={DAY1}/part-00000.parquet", "wb") as f:
         pq.write_table(moved, f)
+    fs.pipe(f"{s3_bucket}/scores/date={DAY1}/_SUCCESS", b"{}")
     fs.invalidate_cache()
 
     code, out, err = run(capsys, "report", "--scores", f"{s3_bucket}/scores", "--date", DAY1,

@@ -19,7 +19,7 @@ import pyarrow.dataset as pds
 
 from raymae import storage
 from raymae.data import DataError
-from raymae.scoring import PARTITION, parse_date, partition_uri
+from raymae.scoring import MARKER, PARTITION, is_complete, parse_date, partition_uri
 
 NIGHT_COLUMNS = ["image_uri", "score", "is_anomalous", "threshold", "heatmap_max", "height", "width",
                  "status", "error", "model_id", "scored_at"]
@@ -71,7 +71,21 @@ def require_date(scores_uri: str, date: str) -> list[str]:
         there = (f"it has {len(dates)} nights, from {dates[0]} to {dates[-1]}" if dates
                  else f"it has no {PARTITION}=YYYY-MM-DD partitions")
         raise DataError(f"no scores for {date} under {scores_uri!r} ({there})")
+    if not is_complete(partition_uri(scores_uri, date)):
+        raise DataError(f"the scores for {date} under {scores_uri!r} are incomplete: their scoring run "
+                        f"stopped while publishing them (no {MARKER}); score {date} again")
     return dates
+
+
+def complete_nights_before(scores_uri: str, dates: list[str], date: str, n: int) -> tuple[list[str], list[str]]:
+    """The last ``n`` nights before ``date`` whose partition was completely published, oldest first,
+    and the incomplete ones passed over on the way (a scoring run killed while publishing)."""
+    chosen, skipped = [], []
+    for d in sorted((d for d in dates if d < date), reverse=True):
+        if len(chosen) >= n:
+            break
+        (chosen if is_complete(partition_uri(scores_uri, d)) else skipped).append(d)
+    return chosen[::-1], skipped[::-1]
 
 
 def open_partition(scores_uri: str, date: str, columns: list[str]) -> pds.Dataset:

@@ -93,6 +93,7 @@ class NightlyReport:
     prefix: str                       # the folder all images of the night share
     breakdowns: list[LevelBreakdown]
     vmax: float                       # the heatmap colour scale's top, the same for every image
+    incomplete_nights: list[str] = field(default_factory=list)  # left out of the history: never published
     pictures: dict[str, figures.Picture] = field(default_factory=dict)
     generated_at: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
@@ -109,7 +110,7 @@ def build_nightly_report(scores_uri: str, date: str, top: int = DEFAULT_TOP,
     tonight = dataset.read_night(scores_uri, date)
     night = tonight.table
     stats = dataset.day_stats(date, night)
-    earlier = [d for d in dates if d < date][-(history_nights - 1):] if history_nights > 1 else []
+    earlier, incomplete = dataset.complete_nights_before(scores_uri, dates, date, history_nights - 1)
     past = dataset.history(scores_uri, earlier) + [stats]
     summary = summarise(stats, night)
     chosen = top_rows(night, top)
@@ -118,7 +119,7 @@ def build_nightly_report(scores_uri: str, date: str, top: int = DEFAULT_TOP,
     report = NightlyReport(
         scores_uri=scores_uri, date=date, summary=summary,
         top=draw_top(tonight, chosen, vmax), errors=group_errors(night), history=past,
-        prefix=prefix, breakdowns=breakdowns(night, levels), vmax=vmax)
+        prefix=prefix, breakdowns=breakdowns(night, levels), vmax=vmax, incomplete_nights=incomplete)
     report.pictures = plots(report, night)
     return report
 
