@@ -232,7 +232,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     _init_ray()
     print(run(work).format())
     if report:
-        print(write_report(work.output, opts.date, report))
+        try:
+            print(write_report(work.output, opts.date, report))
+        except Exception as e:  # the night is published; say so, and fail the run (exit 1), not the input
+            if not isinstance(e, (*user_errors(), OSError)):
+                raise
+            print(f"raymae score: failed: the scores of {opts.date} are published under {work.output}, "
+                  f"but the report could not be written: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

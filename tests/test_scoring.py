@@ -84,6 +84,29 @@ def test_a_wrong_model_folder_is_an_error_before_anything_runs(capsys, tmp_path)
     assert code == 2 and "no raymae model" in capsys.readouterr().err
 
 
+def test_a_report_that_fails_after_scoring_fails_the_run_and_says_the_scores_are_published(
+        capsys, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from raymae import cli, scoring
+    from raymae.storage import StorageError
+
+    def report_fails(*args, **kwargs):
+        raise StorageError("cannot write s3://reports/index.html: AccessDenied")
+
+    # scoring itself stands in: planned, run and published
+    monkeypatch.setattr(scoring, "plan", lambda inputs, model, output, opts: SimpleNamespace(output=output))
+    monkeypatch.setattr(scoring, "run", lambda work: SimpleNamespace(format=lambda: "scored"))
+    monkeypatch.setattr(cli, "_init_ray", lambda: None)
+    monkeypatch.setattr(cli, "write_report", report_fails)
+    code = main(["score", "--input", "in", "--model", "model", "--output", str(tmp_path / "out"),
+                 "--date", DAY1, "--report", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err == (f"raymae score: failed: the scores of {DAY1} are published under {tmp_path / 'out'}, "
+                   f"but the report could not be written: cannot write s3://reports/index.html: AccessDenied")
+
+
 # ------------------------------------------------------------------ end to end on Ray
 def read_partition(root: str, date: str) -> pa.Table:
     return pds.dataset(f"{root}/date={date}", format="parquet").to_table()
