@@ -110,3 +110,17 @@ def test_the_committed_reliability_figures_lose_nothing_and_come_from_existing_t
         tests |= {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
     recorded = {r["test"] for r in record["fault_runs"] + record["training_fault_runs"]}
     assert recorded and recorded <= tests, recorded - tests
+
+
+def test_the_report_benchmark_times_raymae_report_on_nights_it_writes(tmp_path):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--images", "300", "--nights", "2",
+           "--row-group", "100", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    record = json.loads(out.read_text())
+    assert record["report_printed"].startswith("report of 2026-11-26: 300 images")
+    assert record["report_printed"].endswith("2 nights in the trend")
+    assert record["report_seconds"] > 0 and record["report_peak_rss_mb"] > 50
+    assert (tmp_path / "work" / "page" / "index.html").stat().st_size == record["page_bytes"]
+    assert record["parquet_bytes"] > 2 * 300 * 1000  # unique heatmaps of about 2.6 KB, not deduplicated
+
