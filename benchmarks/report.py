@@ -7,7 +7,7 @@ Writes synthetic scoring output (``raymae.scoring.OUTPUT_SCHEMA``: one row per
 image, a PNG heatmap each, 1 % error rows, row groups of ``--row-group`` rows,
 a ``_SUCCESS`` marker per night) into ``--workdir``, then runs ``raymae report``
 for the last night in a child process and records its wall time and peak
-resident memory (the child's maximum RSS). The originals do not exist, so the
+resident memory (the child's own VmHWM, so Linux only). The originals do not exist, so the
 page shows every top image as missing; reading them is not what is measured.
 Results go to ``benchmarks/results/report-<machine>.json``.
 """
@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -82,15 +81,22 @@ def write_night(scores: str, date: str, images: int, row_group: int, heatmap_siz
     return path.stat().st_size
 
 
+# The child reports its own peak (VmHWM, Linux): getrusage's maxrss would carry the
+# high-water mark of the parent's memory that the child held before its exec.
+REPORT_AND_PEAK = ("import sys; from raymae.cli import main; code = main(sys.argv[1:]); "
+                   "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+                   "print('peak_kb', peak, file=sys.stderr); sys.exit(code)")
+
+
 def run_report(scores: str, date: str, output: str) -> tuple[float, float, str]:
     """``raymae report`` in a child process: (wall seconds, peak RSS in MB, what it printed)."""
-    cmd = [sys.executable, "-m", "raymae.cli", "report", "--scores", scores, "--date", date, "--output", output]
+    cmd = [sys.executable, "-c", REPORT_AND_PEAK, "report", "--scores", scores, "--date", date, "--output", output]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"raymae report failed ({done.returncode}): {done.stderr.strip()}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: kilobytes
+    peak_kb = int(done.stderr.rsplit("peak_kb", 1)[1].split()[0])
     return seconds, peak_kb / 1024, done.stdout.strip().splitlines()[0]  # the counts, not the path
 
 

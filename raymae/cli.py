@@ -251,7 +251,8 @@ def write_report(scores: str, date: str, output: str, top: int = 20, history: in
     st = report.summary.stats
     uri = write_nightly_report(report, output)
     return (f"report of {date}: {st.images} images, {st.ok} scored, {st.errors} errors, "
-            f"{st.anomalous} anomalous; {len(report.history)} nights in the trend\nwrote {uri}")
+            f"{st.anomalous} anomalous; {len(report.history)} night{'s' * (len(report.history) != 1)} "
+            f"in the trend\nwrote {uri}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
