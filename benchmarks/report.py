@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.ndimage import gaussian_filter
 
 from raymae.scoring import MARKER, OUTPUT_SCHEMA, partition_uri, to_output_rows
 
@@ -39,8 +40,6 @@ ERROR_SHARE = 0.01
 
 def heatmap_pool(size: int, seed: int) -> list[np.ndarray]:
     """Gaussian-smoothed random (size, size) maps in [0, 1], like a model's (about 2.6 KB as PNG at 64 px)."""
-    from scipy.ndimage import gaussian_filter
-
     rng = np.random.default_rng(seed)
     pool = []
     for _ in range(HEATMAPS):

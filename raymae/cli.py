@@ -234,9 +234,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if report:
         try:
             print(write_report(work.output, opts.date, report))
-        except Exception as e:  # the night is published; say so, and fail the run (exit 1), not the input
-            if not isinstance(e, (*user_errors(), OSError)):
-                raise
+        except (*user_errors(), OSError) as e:  # the night is published: say so, and fail the run, not the input
             print(f"raymae score: failed: the scores of {opts.date} are published under {work.output}, "
                   f"but the report could not be written: {e}", file=sys.stderr)
             return 1
@@ -250,9 +248,9 @@ def write_report(scores: str, date: str, output: str, top: int = 20, history: in
     report = build_nightly_report(scores, date, top, history)
     st = report.summary.stats
     uri = write_nightly_report(report, output)
+    nights = len(report.history)
     return (f"report of {date}: {st.images} images, {st.ok} scored, {st.errors} errors, "
-            f"{st.anomalous} anomalous; {len(report.history)} night{'s' * (len(report.history) != 1)} "
-            f"in the trend\nwrote {uri}")
+            f"{st.anomalous} anomalous; {nights} {'night' if nights == 1 else 'nights'} in the trend\nwrote {uri}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

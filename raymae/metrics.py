@@ -270,5 +270,12 @@ def pixel_metrics_and_pro_curve(masks: ArrayLike, maps: ArrayLike, fpr_limit: fl
     _require_classes(m, "pixels")
     curves = pixel_curves(m, a)
     scalars = {"pixel_auroc": curves.auroc(), "pixel_ap": curves.ap(), "aupro": curves.aupro(fpr_limit)}
-    keep = np.unique(np.linspace(0, len(curves.fpr) - 1, points).round().astype(int))
-    return scalars, (curves.fpr[keep], curves.pro[keep])
+    return scalars, thin_curve(curves.fpr, curves.pro, points)
+
+
+def thin_curve(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` points of a curve with non-decreasing x, its ends kept (for plots)."""
+    if len(x) <= points:
+        return x, y
+    keep = np.unique(np.linspace(0, len(x) - 1, points).round().astype(int))
+    return x[keep], y[keep]

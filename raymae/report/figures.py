@@ -196,10 +196,12 @@ def curves(lines: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: 
 
     ``chance`` draws the diagonal; ``limit`` marks an integration limit on x (AUPRO's FPR limit).
     """
+    from raymae.metrics import thin_curve  # here, not at the top: the nightly page needs no scikit-learn
+
     fig = _figure(4.6, 4.0)
     ax = fig.add_subplot()
     for name, (x, y) in lines.items():
-        x, y = thin(np.asarray(x, np.float64), np.asarray(y, np.float64), points)
+        x, y = thin_curve(np.asarray(x, np.float64), np.asarray(y, np.float64), points)
         ax.plot(x, y, linewidth=2 if name == "all" else 1.2, label=name)
     if chance:
         ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
@@ -216,14 +218,6 @@ def colour_scale(tops, threshold: float | None) -> float:
     candidates = [float(t) for t in [*tops, threshold] if t is not None and np.isfinite(t)]
     top = max(candidates, default=0.0)
     return top if top > 0 else 1.0
-
-
-def thin(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``points`` points of a curve with non-decreasing x, its ends kept."""
-    if len(x) <= points:
-        return x, y
-    keep = np.unique(np.linspace(0, len(x) - 1, points).round().astype(int))
-    return x[keep], y[keep]
 
 
 def colour_bar(vmax: float, threshold: float) -> Picture:
