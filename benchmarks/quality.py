@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="fit both stages' epoch counts to this much training time on this machine")
     p.add_argument("--stage1-share", type=float, default=0.4, help="stage 1's share of the budget")
+    p.add_argument("--save-model", metavar="URI",
+                   help="also write the trained model artifact here (for later analysis; never commit it)")
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -178,6 +180,8 @@ def main(argv=None) -> int:
     train_start = time.time()
     artifact = train_local(args.data, cfg, args.device, loader_workers=args.loader_workers,
                            training=training)
+    if args.save_model:
+        artifact.save(args.save_model)
     save("trained and calibrated; evaluating", recipe=artifact.config.to_dict(),
          validation_table=artifact.calibration.validation,
          train_images=artifact.info["train_images"], holdout_images=artifact.info["holdout_images"],

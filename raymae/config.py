@@ -116,7 +116,8 @@ class CorruptionConfig:
 
     clean_share: float = 0.2          # share of samples left uncorrupted
     perlin_share: float = 0.5         # of the corrupted ones, share using Perlin masks
-    # (a) self-sourced: an augmented copy of the image pasted into random shapes
+    # (a) self-sourced (the rest of the corrupted ones): an augmented copy of the image
+    # pasted into random shapes
     max_shapes: int = 3
     shape_area: tuple[float, float] = (0.002, 0.05)  # fraction of the image per shape
     foreground_only: bool = False     # keep shapes on the object (object categories)
@@ -125,8 +126,33 @@ class CorruptionConfig:
     perlin_max_scale: int = 6
     perlin_threshold: float = 0.5
     blend_range: tuple[float, float] = (0.2, 1.0)  # opacity of the pasted texture
-    # Darken or brighten every corrupted region by this many grey levels (0, 0 = off).
+    # Darken or brighten every self-sourced or Perlin region by this many grey levels (0, 0 = off).
     intensity_shift: tuple[float, float] = (0.0, 0.0)
+    # (c) thin lines (scratches, cracks): 1..max_lines smooth random curves, darker or
+    # brighter than the surface. Width and length are fractions of the shorter image side.
+    line_share: float = 0.0           # of the corrupted ones, share using lines
+    max_lines: int = 2
+    line_width: tuple[float, float] = (0.005, 0.02)
+    line_length: tuple[float, float] = (0.1, 0.6)
+    line_contrast: tuple[float, float] = (15.0, 70.0)  # grey levels at the line's centre
+    # (d) regions (uneven shading, stains, worn areas): a large area behind a wavy,
+    # slightly soft boundary whose brightness, contrast and sharpness change gently.
+    region_share: float = 0.0         # of the corrupted ones, share using regions
+    region_area: tuple[float, float] = (0.1, 0.6)      # fraction of the image
+    region_offset: tuple[float, float] = (6.0, 30.0)   # grey levels, darker or brighter
+    region_edge: tuple[float, float] = (0.005, 0.03)   # edge softness, fraction of the side
+
+    def __post_init__(self) -> None:
+        shares = {"clean_share": self.clean_share, "perlin_share": self.perlin_share,
+                  "line_share": self.line_share, "region_share": self.region_share}
+        for name, value in shares.items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"corruption.{name} must be between 0 and 1, not {value}")
+        taken = self.perlin_share + self.line_share + self.region_share
+        if taken > 1.0 + 1e-9:
+            raise ConfigError(
+                "corruption.perlin_share + line_share + region_share must be at most 1 (the rest is "
+                f"self-sourced), not {taken:g}")
 
 
 @dataclass

@@ -11,7 +11,12 @@ labelled anomalous. Two families of corruption are used (see
   object foreground;
 * **Perlin** ("perlin", as in DRAEM): a rotated, thresholded 2-D Perlin noise
   field gives the mask, and a texture (the augmented image or colourised Perlin
-  noise) is blended in with opacity ``beta``.
+  noise) is blended in with opacity ``beta``;
+* **lines** ("line"): 1..``max_lines`` thin, smooth random curves (scratches,
+  cracks), darker or brighter than the surface, with anti-aliased edges;
+* **regions** ("region"): a large area behind a wavy, slightly soft boundary
+  (uneven shading, stains, worn surface) whose brightness, contrast and
+  sharpness change gently; its inside varies at low frequency.
 
 Mask invariant
 --------------
@@ -37,7 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
+from scipy import ndimage, special
 
 from raymae.config import CorruptionConfig
 
@@ -54,7 +59,7 @@ class CorruptedSample:
     image: (H, W, 3) uint8, the corrupted image.
     clean: (H, W, 3) uint8, the original.
     mask: (H, W) bool, True exactly where ``image`` differs from ``clean``.
-    kind: "clean" | "self" | "perlin".
+    kind: "clean" | "self" | "perlin" | "line" | "region".
     """
 
     image: np.ndarray
@@ -71,18 +76,29 @@ def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) 
     clean = _as_rgb_uint8(image)
     if rng.random() < cfg.clean_share:
         return _clean_sample(clean)
-    kind = "perlin" if rng.random() < cfg.perlin_share else "self"
-    draw = _perlin_corruption if kind == "perlin" else _self_corruption
+    kind = _pick_kind(cfg, rng.random())
+    draw = _CORRUPTIONS[kind]
     grey = _is_grey(clean)
     for _ in range(MAX_ATTEMPTS):
         out, mask = draw(clean, cfg, rng)
-        out = _shift_intensity(out, mask, cfg.intensity_shift, rng)
+        if kind in ("self", "perlin"):  # lines and regions are intensity changes already
+            out = _shift_intensity(out, mask, cfg.intensity_shift, rng)
         if grey:  # a grey camera never sees colour: colour would be a trivial cue
             out = _to_grey(out)
         out, mask = _enforce_mask_invariant(clean, out, mask)
         if mask.any():
             return CorruptedSample(image=out, clean=clean, mask=mask, kind=kind)
     return _clean_sample(clean)
+
+
+def _pick_kind(cfg: CorruptionConfig, u: float) -> str:
+    """The corruption family for a uniform draw ``u``: perlin, line, region, else self."""
+    for kind, share in (("perlin", cfg.perlin_share), ("line", cfg.line_share),
+                        ("region", cfg.region_share)):
+        if u < share:
+            return kind
+        u -= share
+    return "self"
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -419,3 +435,78 @@ def _perlin_corruption(clean: np.ndarray, cfg: CorruptionConfig,
     m = mask[..., None].astype(np.float32)
     out = clean * (1 - beta * m) + texture * (beta * m)
     return _to_uint8(out), mask
+
+
+def _side(clean: np.ndarray) -> int:
+    """The shorter side of an (H, W, ...) image: line and region sizes are fractions of it."""
+    return min(clean.shape[:2])
+
+
+def random_curve(shape: tuple[int, int], length: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random curve of about ``length`` pixels: (n, 2) x, y points.
+
+    The heading follows a smoothed random walk, so the curve bends like a crack or a
+    scratch rather than zig-zagging. Its middle point lies uniformly inside ``shape``
+    (H, W), so at least about half of it is in the image.
+    """
+    h, w = shape
+    n = max(2, int(length))
+    turns = ndimage.gaussian_filter1d(rng.normal(0.0, 0.25, n), sigma=max(1.0, n / 12), mode="nearest")
+    heading = rng.uniform(0, 2 * np.pi) + np.cumsum(turns)
+    x, y = np.cumsum(np.cos(heading)), np.cumsum(np.sin(heading))
+    x += rng.uniform(0, w) - x[n // 2]
+    y += rng.uniform(0, h) - y[n // 2]
+    return np.stack([x, y], axis=1)
+
+
+def _line_corruption(clean: np.ndarray, cfg: CorruptionConfig,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw 1..max_lines thin curves, darker or brighter. Returns (image, mask (H, W))."""
+    h, w = clean.shape[:2]
+    side = _side(clean)
+    scale = 4  # drawn at 4x and averaged down: anti-aliased, sub-pixel widths
+    canvas = Image.new("L", (w * scale, h * scale), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(1, max(1, cfg.max_lines) + 1))):
+        points = random_curve((h, w), rng.uniform(*cfg.line_length) * side, rng)
+        width = max(1.0, rng.uniform(*cfg.line_width) * side)
+        draw.line([(float(x) * scale, float(y) * scale) for x, y in points],
+                  fill=255, width=max(1, int(round(width * scale))), joint="curve")
+    cover = np.asarray(canvas, dtype=np.float32).reshape(h, scale, w, scale).mean(axis=(1, 3)) / 255
+    delta = rng.uniform(*cfg.line_contrast) * (-1 if rng.random() < 0.75 else 1)  # cracks are mostly dark
+    out = clean.astype(np.float32) + (delta * cover)[..., None]
+    return _to_uint8(out), cover > 0
+
+
+def _region_corruption(clean: np.ndarray, cfg: CorruptionConfig,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Change brightness, contrast and sharpness behind a wavy boundary. Returns (image, mask)."""
+    h, w = clean.shape[:2]
+    side = _side(clean)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / side              # (H, W), ~1 per image side
+    res = (max(1, min(int(rng.integers(1, 4)), h // MIN_PERLIN_CELL)),
+           max(1, min(int(rng.integers(1, 4)), w // MIN_PERLIN_CELL)))
+    field = ramp + rng.uniform(0.05, 0.4) * perlin_noise((h, w), res, rng)  # a wavy, sometimes closed boundary
+    level = np.quantile(field, 1 - rng.uniform(*cfg.region_area))
+    softness = max(0.5, rng.uniform(*cfg.region_edge) * side) / side
+    alpha = special.expit((field - level) / softness)                      # (H, W) in (0, 1)
+    inner = 1 + 0.3 * perlin_noise((h, w), (2, 2), rng)                    # strength varies inside
+    img = clean.astype(np.float32)
+    target = (img - img.mean()) * rng.uniform(0.8, 1.2) + img.mean()       # contrast
+    texture = rng.random()
+    if texture < 0.25:                                                     # softer surface
+        target = _blur(target, rng)
+    elif texture < 0.5:                                                    # coarser surface
+        detail = target - ndimage.gaussian_filter(target, sigma=(1.5, 1.5, 0))
+        target = target + rng.uniform(0.5, 1.5) * detail
+    target += rng.uniform(*cfg.region_offset) * (1 if rng.random() < 0.5 else -1) * inner[..., None]
+    out = img + alpha[..., None] * (target - img)
+    return _to_uint8(out), alpha > 0.02
+
+
+_CORRUPTIONS: dict[str, Callable[[np.ndarray, CorruptionConfig, np.random.Generator],
+                                 tuple[np.ndarray, np.ndarray]]] = {
+    "self": _self_corruption, "perlin": _perlin_corruption,
+    "line": _line_corruption, "region": _region_corruption}

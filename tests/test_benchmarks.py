@@ -17,9 +17,12 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
             "model.stage2_extra_blocks=1", "stage1.epochs=2", "stage2.epochs=1", "stage1.batch_size=16",
             "stage2.batch_size=16", "anomaly_map.sigma=1.0", 'precision="fp32"']
     cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", synthetic_dataset,
-           "--out", str(out), *[arg for s in tiny for arg in ("--set", s)]]
+           "--out", str(out), "--save-model", str(tmp_path / "model"),
+           *[arg for s in tiny for arg in ("--set", s)]]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     record = json.loads(out.read_text())
+    from raymae.artifact import ModelArtifact
+    assert ModelArtifact.load(str(tmp_path / "model")).config.model.image_size == 64
     assert record["status"] == "complete" and record["recipe"]["precision"] == "fp32"
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max"):
         assert 0.0 <= record["metrics"][key] <= 1.0
@@ -124,3 +127,14 @@ def test_the_report_benchmark_times_raymae_report_on_nights_it_writes(tmp_path):
     assert (tmp_path / "work" / "page" / "index.html").stat().st_size == record["page_bytes"]
     assert record["parquet_bytes"] > 2 * 300 * 1000  # unique heatmaps of about 2.6 KB, not deduplicated
 
+
+
+def test_the_map_postprocessing_experiments_run_on_a_saved_model(synthetic_dataset, model_dir, capsys):
+    script = load_script("benchmarks/map_postprocessing.py")
+    assert script.main(["--data", synthetic_dataset, "--model", model_dir]) == 0
+    out = capsys.readouterr().out
+    for name in ("product sigma=2 max", "recon sigma=4 topk", "z[prob] sigma=2 max",
+                 "minus-mean[recon] sigma=4 topk", "no-border[mean] sigma=2 topk"):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert 0.0 <= float(line.split("image AUROC ")[1].split()[0]) <= 1.0
+    assert "peak on the border band: normals" in out and "defect pixels on the border band" in out

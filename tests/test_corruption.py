@@ -6,13 +6,20 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from raymae.config import CorruptionConfig
+from raymae.config import ConfigError, CorruptionConfig, RaymaeConfig
 from raymae.corruption import (MIN_CHANGE, CorruptedSample, corrupt, corrupt_batch, corrupt_seeded,
                                estimate_foreground, perlin_noise)
 from raymae.synthetic import make_texture
 
 ALWAYS = CorruptionConfig(clean_share=0.0)
+ONLY = {  # configs that draw one family of corruption every time
+    "self": CorruptionConfig(clean_share=0.0, perlin_share=0.0),
+    "perlin": CorruptionConfig(clean_share=0.0, perlin_share=1.0),
+    "line": CorruptionConfig(clean_share=0.0, perlin_share=0.0, line_share=1.0),
+    "region": CorruptionConfig(clean_share=0.0, perlin_share=0.0, region_share=1.0),
+}
 
 
 def _texture(seed: int = 0, size: int = 48) -> np.ndarray:
@@ -33,9 +40,9 @@ def _changed(sample: CorruptedSample) -> np.ndarray:
     return diff >= MIN_CHANGE
 
 
-@pytest.mark.parametrize("perlin_share,kind", [(1.0, "perlin"), (0.0, "self")])
-def test_mask_is_exactly_the_changed_pixels(perlin_share: float, kind: str) -> None:
-    cfg = dataclasses.replace(ALWAYS, perlin_share=perlin_share)
+@pytest.mark.parametrize("kind", sorted(ONLY))
+def test_mask_is_exactly_the_changed_pixels(kind: str) -> None:
+    cfg = ONLY[kind]
     image = _texture(1)
     kinds = set()
     for index in range(40):
@@ -99,7 +106,66 @@ def test_clean_share_one_never_corrupts() -> None:
 def test_both_kinds_appear_with_mixed_perlin_share() -> None:
     image = _texture(7, 32)
     kinds = {corrupt_seeded(image, ALWAYS, seed=0, index=i).kind for i in range(40)}
-    assert {"self", "perlin"} <= kinds
+    assert kinds == {"self", "perlin"}  # lines and regions are off unless asked for
+
+
+def test_every_family_appears_in_proportion_to_its_share() -> None:
+    image = _texture(7, 32)
+    cfg = CorruptionConfig(clean_share=0.0, perlin_share=0.3, line_share=0.2, region_share=0.2)
+    kinds = [corrupt_seeded(image, cfg, seed=0, index=i).kind for i in range(300)]
+    for kind, share in {"perlin": 0.3, "line": 0.2, "region": 0.2, "self": 0.3}.items():
+        assert abs(kinds.count(kind) / len(kinds) - share) < 0.08, (kind, kinds.count(kind))
+
+
+def test_shares_that_cannot_add_up_are_refused_with_a_message() -> None:
+    with pytest.raises(ConfigError, match="at most 1"):
+        CorruptionConfig(perlin_share=0.6, line_share=0.3, region_share=0.2)
+    with pytest.raises(ConfigError, match="line_share must be between 0 and 1"):
+        CorruptionConfig(line_share=-0.1)
+    with pytest.raises(ConfigError, match="clean_share"):
+        RaymaeConfig.from_dict({"corruption": {"clean_share": 1.5}})
+
+
+def test_a_config_written_before_lines_and_regions_existed_still_loads_without_them() -> None:
+    old = RaymaeConfig().to_dict()
+    for key in ("line_share", "max_lines", "line_width", "line_length", "line_contrast",
+                "region_share", "region_area", "region_offset", "region_edge"):
+        del old["corruption"][key]
+    cfg = RaymaeConfig.from_dict(old)
+    assert cfg.corruption.line_share == 0.0 and cfg.corruption.region_share == 0.0
+
+
+def test_lines_are_thin_long_curves_mostly_darker_than_the_surface() -> None:
+    image = np.full((96, 96, 3), 140, dtype=np.uint8)
+    image[::3] = 134  # a faint texture
+    darker, extents = 0, []
+    for index in range(30):
+        s = corrupt_seeded(image, ONLY["line"], seed=2, index=index)
+        assert s.kind == "line"
+        assert s.mask.mean() < 0.1
+        # at most 0.02 of the side (about 2 px) wide: two erosions leave nothing of it
+        assert not ndimage.binary_erosion(s.mask, iterations=2).any()
+        labels, n = ndimage.label(s.mask, structure=np.ones((3, 3)))
+        extents.append(max(np.ptp(np.nonzero(labels == k), axis=1).max() for k in range(1, n + 1)))
+        delta = s.image[s.mask].astype(float) - s.clean[s.mask].astype(float)
+        assert np.all(np.sign(delta) == np.sign(delta.mean()))  # one line colour per sample
+        darker += delta.mean() < 0
+    assert 15 <= darker <= 29  # mostly dark, like cracks, but not always
+    assert np.median(extents) >= 0.15 * 96  # lines, not dots: 0.1 to 0.6 of the side long
+
+
+def test_regions_are_large_gentle_changes_behind_one_boundary() -> None:
+    image = np.full((96, 96, 3), 120, dtype=np.uint8)
+    image[:, ::4] = 126  # a faint texture
+    for index in range(30):
+        s = corrupt_seeded(image, ONLY["region"], seed=3, index=index)
+        assert s.kind == "region"
+        assert 0.05 <= s.mask.mean() <= 0.8
+        change = np.abs(s.image.astype(int) - s.clean.astype(int)).max(axis=-1)[s.mask]
+        assert np.median(change) <= 45  # shading, not a pasted patch
+        labels, n = ndimage.label(s.mask)
+        biggest = np.bincount(labels.ravel())[1:].max()
+        assert biggest >= 0.8 * s.mask.sum()  # one area (a few faint pixels may drop out)
 
 
 def test_foreground_estimate_finds_a_disc_on_black() -> None:
@@ -158,10 +224,11 @@ def test_non_rgb_uint8_input_is_refused() -> None:
         corrupt(np.zeros((8, 8, 3), np.float32), ALWAYS, np.random.default_rng(0))
 
 
-def test_corruptions_of_a_grey_image_stay_grey():
+@pytest.mark.parametrize("kind", sorted(ONLY))
+def test_corruptions_of_a_grey_image_stay_grey(kind: str):
     grey = np.random.default_rng(1).integers(0, 255, (48, 48), dtype=np.uint8)
     image = np.repeat(grey[..., None], 3, axis=-1)
-    cfg = CorruptionConfig(clean_share=0.0)
+    cfg = ONLY[kind]
     for index in range(30):
         s = corrupt_seeded(image, cfg, seed=5, index=index)
         assert np.array_equal(s.image[..., 0], s.image[..., 1])
