@@ -69,21 +69,20 @@ def main(argv=None) -> int:
     def smoothed(raw, comb: str, sigma: float) -> torch.Tensor:
         return gaussian_smooth(combine(raw.recon_error, raw.prob, comb), sigma)
 
+    test_maps = {(comb, sigma): smoothed(raw_test, comb, sigma)
+                 for comb in ("product", "prob", "recon", "mean") for sigma in SIGMAS}
     band = border_band(size)
-    for comb in ("product", "prob", "recon", "mean"):
-        for sigma in SIGMAS:
-            maps = smoothed(raw_test, comb, sigma)
-            for rule in ("max", "topk", "mean"):
-                row(f"{comb} sigma={sigma:g} {rule}", maps, rule, pixel=rule == "max")
-            peaks = maps.flatten(1).argmax(dim=1).numpy()
-            on_band = band.ravel()[peaks]
-            print(f"{'':36s} peak on the border band: normals {on_band[labels == 0].mean():.2f}, "
-                  f"defects {on_band[labels == 1].mean():.2f}")
+    for (comb, sigma), maps in test_maps.items():
+        for rule in ("max", "topk", "mean"):
+            row(f"{comb} sigma={sigma:g} {rule}", maps, rule, pixel=rule == "max")
+        on_band = band.ravel()[maps.flatten(1).argmax(dim=1).numpy()]
+        print(f"{'':36s} peak on the border band: normals {on_band[labels == 0].mean():.2f}, "
+              f"defects {on_band[labels == 1].mean():.2f}")
     print(f"defect pixels on the border band: {test.masks[:, band].sum() / max(test.masks.sum(), 1):.2f}")
 
     for comb in ("prob", "recon", "mean"):
         for sigma in SIGMAS:
-            normal, maps = smoothed(raw_normal, comb, sigma), smoothed(raw_test, comb, sigma)
+            normal, maps = smoothed(raw_normal, comb, sigma), test_maps[comb, sigma]
             mean, std = normal.mean(dim=0), normal.std(dim=0)
             z = (maps - mean) / (std + 1e-6 * std.mean())
             for rule in ("max", "topk"):

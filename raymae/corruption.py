@@ -81,8 +81,6 @@ def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) 
     grey = _is_grey(clean)
     for _ in range(MAX_ATTEMPTS):
         out, mask = draw(clean, cfg, rng)
-        if kind in ("self", "perlin"):  # lines and regions are intensity changes already
-            out = _shift_intensity(out, mask, cfg.intensity_shift, rng)
         if grey:  # a grey camera never sees colour: colour would be a trivial cue
             out = _to_grey(out)
         out, mask = _enforce_mask_invariant(clean, out, mask)
@@ -390,18 +388,22 @@ def _shapes_mask(clean: np.ndarray, cfg: CorruptionConfig, rng: np.random.Genera
 
 def _self_corruption(clean: np.ndarray, cfg: CorruptionConfig,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paste an augmented copy into random shapes. Returns (image (H, W, 3) uint8, mask (H, W))."""
+    """Paste an augmented copy into random shapes, then shift its intensity. Returns (image, mask (H, W))."""
     source = augmented_copy(clean, rng)
     mask = _shapes_mask(clean, cfg, rng)
     out = clean.copy()
     out[mask] = source[mask]
-    return out, mask
+    return _shift_intensity(out, mask, cfg.intensity_shift, rng), mask
 
 
 def _perlin_scale(size: int, cfg: CorruptionConfig, rng: np.random.Generator) -> int:
     """Cells per axis: 2 ** randint(min, max), capped so cells stay >= MIN_PERLIN_CELL px."""
-    res = 2 ** int(rng.integers(cfg.perlin_min_scale, cfg.perlin_max_scale + 1))
-    return max(1, min(res, size // MIN_PERLIN_CELL))
+    return _capped_cells(2 ** int(rng.integers(cfg.perlin_min_scale, cfg.perlin_max_scale + 1)), size)
+
+
+def _capped_cells(cells: int, size: int) -> int:
+    """``cells`` Perlin cells along an axis of ``size`` px, capped so each is >= MIN_PERLIN_CELL px."""
+    return max(1, min(cells, size // MIN_PERLIN_CELL))
 
 
 def perlin_mask(shape: tuple[int, int], cfg: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
@@ -417,8 +419,7 @@ def perlin_mask(shape: tuple[int, int], cfg: CorruptionConfig, rng: np.random.Ge
 def perlin_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Colourised Perlin noise: (H, W, 3) uint8 between two random colours plus colour noise."""
     h, w = shape
-    res = (max(1, min(2 ** int(rng.integers(1, 5)), h // MIN_PERLIN_CELL)),
-           max(1, min(2 ** int(rng.integers(1, 5)), w // MIN_PERLIN_CELL)))
+    res = (_capped_cells(2 ** int(rng.integers(1, 5)), h), _capped_cells(2 ** int(rng.integers(1, 5)), w))
     t = (perlin_noise(shape, res, rng)[..., None] + 1) / 2               # (H, W, 1) in ~[0, 1]
     low, high = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     detail = np.stack([perlin_noise(shape, res, rng) for _ in range(3)], axis=-1)
@@ -427,14 +428,14 @@ def perlin_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarr
 
 def _perlin_corruption(clean: np.ndarray, cfg: CorruptionConfig,
                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Blend a texture into a Perlin mask with opacity beta. Returns (image, mask (H, W))."""
+    """Blend a texture into a Perlin mask with opacity beta, then shift its intensity. Returns (image, mask)."""
     shape = clean.shape[:2]
     mask = perlin_mask(shape, cfg, rng)
     texture = augmented_copy(clean, rng) if rng.random() < 0.5 else perlin_texture(shape, rng)
     beta = rng.uniform(*cfg.blend_range)
     m = mask[..., None].astype(np.float32)
     out = clean * (1 - beta * m) + texture * (beta * m)
-    return _to_uint8(out), mask
+    return _shift_intensity(_to_uint8(out), mask, cfg.intensity_shift, rng), mask
 
 
 def _side(clean: np.ndarray) -> int:
@@ -486,8 +487,7 @@ def _region_corruption(clean: np.ndarray, cfg: CorruptionConfig,
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / side              # (H, W), ~1 per image side
-    res = (max(1, min(int(rng.integers(1, 4)), h // MIN_PERLIN_CELL)),
-           max(1, min(int(rng.integers(1, 4)), w // MIN_PERLIN_CELL)))
+    res = (_capped_cells(int(rng.integers(1, 4)), h), _capped_cells(int(rng.integers(1, 4)), w))
     field = ramp + rng.uniform(0.05, 0.4) * perlin_noise((h, w), res, rng)  # a wavy, sometimes closed boundary
     level = np.quantile(field, 1 - rng.uniform(*cfg.region_area))
     softness = max(0.5, rng.uniform(*cfg.region_edge) * side) / side
