@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raymae import heatmap, storage
@@ -430,11 +431,24 @@ def count_rows(uri: str) -> dict[str, int]:
     fs, files = _parquet_files(uri)
     if not files:
         return {"images": 0, "ok": 0, "errors": 0, "anomalous": 0}
-    table = pq.ParquetDataset(files, filesystem=fs).read(columns=["status", "is_anomalous"])
-    status = np.array(table.column("status").to_pylist())
-    anomalous = table.column("is_anomalous").fill_null(False).to_numpy(zero_copy_only=False)
-    return {"images": len(status), "ok": int((status == "ok").sum()),
-            "errors": int((status == "error").sum()), "anomalous": int(anomalous.sum())}
+    return night_counts(pq.ParquetDataset(files, filesystem=fs).read(columns=["status", "is_anomalous"]))
+
+
+def is_ok(table: pa.Table) -> pa.ChunkedArray:
+    """Per row: was the image scored (``status = 'ok'``)?"""
+    return pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+
+
+def night_counts(table: pa.Table) -> dict[str, int]:
+    """images / ok / errors / anomalous of scoring rows (their ``status`` and ``is_anomalous``).
+
+    The one definition of a night's counts: the ``_SUCCESS`` marker and the reports both use it.
+    An image is ok or an error; only ok images count as anomalous.
+    """
+    ok = is_ok(table)
+    n_ok = int(pc.sum(ok).as_py() or 0)
+    anomalous = int(pc.sum(pc.and_(ok, table.column("is_anomalous").fill_null(False))).as_py() or 0)
+    return {"images": table.num_rows, "ok": n_ok, "errors": table.num_rows - n_ok, "anomalous": anomalous}
 
 
 def check_complete(staging: str, listing: Listing) -> None:
@@ -442,8 +456,6 @@ def check_complete(staging: str, listing: Listing) -> None:
 
     (A tar may name two members alike, so members are not checked for repeats.)
     """
-    import pyarrow.compute as pc
-
     fs, files = _parquet_files(staging)
     table = pq.ParquetDataset(files, filesystem=fs).read(columns=["image_uri", "source_uri"])
     found = set(pc.unique(table.column("source_uri")).to_pylist())
@@ -479,6 +491,22 @@ def is_complete(partition: str) -> bool:
     fs, path = storage.resolve(partition)
     fs.invalidate_cache(path)
     return fs.exists(f"{path}/{MARKER}")
+
+
+def complete_dates(output: str) -> set[str]:
+    """The dates under ``output`` whose partition holds ``_SUCCESS``, from one listing
+    (not one request per night: a 90-night history on S3 is one LIST, not 89 HEADs)."""
+    fs, root = storage.resolve(output)
+    fs.invalidate_cache(root)
+    pattern = re.compile(rf"/{PARTITION}=(\d{{4}}-\d{{2}}-\d{{2}})/{MARKER}$")
+    dates = set()
+    for path in fs.glob(f"{root}/{PARTITION}=*/{MARKER}"):
+        m = pattern.search("/" + path.lstrip("/"))
+        try:
+            dates.add(parse_date(m.group(1)) if m else "")
+        except DataError:
+            pass  # date=2026-02-30: not a night
+    return dates - {""}
 
 
 def remove_stale_staging(output: str, date: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import os
 import re
 import shutil
@@ -128,6 +129,28 @@ def test_a_night_whose_scoring_run_stopped_while_publishing_is_refused_and_left_
     report = build_nightly_report(str(tmp_path), DAY2)
     assert [d.date for d in report.history] == [DAY0, DAY2] and report.incomplete_nights == [DAY1]
     assert f"stopped while publishing them: {DAY1}." in render_nightly_report(report)
+
+
+def test_the_trend_learns_which_nights_are_complete_from_one_listing_not_a_request_per_night(
+        monkeypatch, tmp_path):
+    from raymae.report import dataset
+    from raymae.scoring import MARKER, complete_dates
+
+    dates = [f"2026-03-{d:02d}" for d in range(1, 13)]
+    for date in dates:
+        write_night(str(tmp_path), date, unreadable_night())
+    (tmp_path / f"date={dates[4]}" / MARKER).unlink()
+    (tmp_path / "_staging" / f"date={dates[-1]}-0123456789ab").mkdir(parents=True)  # a run in flight
+    (tmp_path / "date=2026-02-30").mkdir()  # not a date
+    (tmp_path / "date=2026-02-30" / MARKER).write_text("{}")
+    assert complete_dates(str(tmp_path)) == set(dates) - {dates[4]}
+
+    checked = []
+    real = dataset.is_complete
+    monkeypatch.setattr(dataset, "is_complete", lambda partition: checked.append(partition) or real(partition))
+    report = build_nightly_report(str(tmp_path), dates[-1], history_nights=90)
+    assert checked == [str(tmp_path / f"date={dates[-1]}")]  # tonight's own marker, nothing per earlier night
+    assert [d.date for d in report.history] == dates[:4] + dates[5:] and report.incomplete_nights == [dates[4]]
 
 
 # ------------------------------------------------------------------ a scored night
@@ -289,6 +312,12 @@ def test_the_trend_holds_the_earlier_nights_and_matches_their_partitions(night, 
     assert (d0.images, d0.ok, d0.errors) == (len(day0), len(day0), 0)
     assert d0.anomalous == sum(r["is_anomalous"] for r in day0)
     assert d0.median_score == pytest.approx(np.median([r["score"] for r in day0]))
+    from raymae.scoring import MARKER
+
+    marker = json.loads((Path(night["out"]) / f"date={DAY1}" / MARKER).read_text())  # written by scoring
+    d1 = report.history[1]
+    assert {k: marker[k] for k in ("images", "ok", "errors", "anomalous")} == {
+        "images": d1.images, "ok": d1.ok, "errors": d1.errors, "anomalous": d1.anomalous}
     assert "trend" in report.pictures and 'id="trend"' in page["html"]
     history = page["html"].split('id="history"', 1)[1].split("</table>", 1)[0]
     assert history.index(DAY1) < history.index(DAY0) and DAY2 not in history
@@ -347,6 +376,7 @@ def test_the_report_job_fills_in_todays_date():
 @pytest.mark.slow
 def test_scores_originals_and_the_page_can_all_live_in_s3(capsys, night, dump, s3_bucket):
     from raymae import storage
+    from raymae.scoring import complete_dates
 
     fs, _ = storage.resolve(s3_bucket)
     fs.put(dump["root"] + "/", f"{s3_bucket}/dumps/", recursive=True)
@@ -357,7 +387,9 @@ def test_scores_originals_and_the_page_can_all_live_in_s3(capsys, night, dump, s
     with fs.open(f"{s3_bucket}/scores/date={DAY1}/part-00000.parquet", "wb") as f:
         pq.write_table(moved, f)
     fs.pipe(f"{s3_bucket}/scores/date={DAY1}/_SUCCESS", b"{}")
+    fs.pipe(f"{s3_bucket}/scores/date={DAY0}/part-00000.parquet", b"")  # killed before its marker
     fs.invalidate_cache()
+    assert complete_dates(f"{s3_bucket}/scores") == {DAY1}
 
     code, out, err = run(capsys, "report", "--scores", f"{s3_bucket}/scores", "--date", DAY1,
                          "--output", f"{s3_bucket}/reports/{{date}}", "--top", "100")

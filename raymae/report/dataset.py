@@ -19,7 +19,8 @@ import pyarrow.dataset as pds
 
 from raymae import storage
 from raymae.data import DataError
-from raymae.scoring import MARKER, PARTITION, is_complete, parse_date, partition_uri
+from raymae.scoring import (MARKER, PARTITION, complete_dates, is_complete, is_ok, night_counts,
+                            parse_date, partition_uri)
 
 NIGHT_COLUMNS = ["image_uri", "score", "is_anomalous", "threshold", "heatmap_max", "height", "width",
                  "status", "error", "model_id", "scored_at"]
@@ -80,11 +81,12 @@ def require_date(scores_uri: str, date: str) -> list[str]:
 def complete_nights_before(scores_uri: str, dates: list[str], date: str, n: int) -> tuple[list[str], list[str]]:
     """The last ``n`` nights before ``date`` whose partition was completely published, oldest first,
     and the incomplete ones passed over on the way (a scoring run killed while publishing)."""
+    complete = complete_dates(scores_uri)
     chosen, skipped = [], []
     for d in sorted((d for d in dates if d < date), reverse=True):
         if len(chosen) >= n:
             break
-        (chosen if is_complete(partition_uri(scores_uri, d)) else skipped).append(d)
+        (chosen if d in complete else skipped).append(d)
     return chosen[::-1], skipped[::-1]
 
 
@@ -147,19 +149,11 @@ def read_night(scores_uri: str, date: str, threads: int = 8) -> Night:
     return Night(date, pa.concat_tables(tables) if tables else schema.empty_table(), groups)
 
 
-def is_ok(table: pa.Table) -> pa.ChunkedArray:
-    """Per row: was the image scored (``status = 'ok'``)?"""
-    return pc.fill_null(pc.equal(table.column("status"), "ok"), False)
-
-
 def day_stats(date: str, table: pa.Table) -> DayStats:
-    """Counts and median score of a night from its ``status``, ``is_anomalous`` and ``score`` columns."""
-    ok = is_ok(table)
-    n_ok = int(pc.sum(ok).as_py() or 0)
-    anomalous = int(pc.sum(pc.and_(ok, table.column("is_anomalous").fill_null(False))).as_py() or 0)
-    scores = table.column("score").filter(ok).drop_null().to_numpy()
-    return DayStats(date=date, images=table.num_rows, ok=n_ok, errors=table.num_rows - n_ok,
-                    anomalous=anomalous, median_score=float(np.median(scores)) if scores.size else None)
+    """Counts (:func:`raymae.scoring.night_counts`) and median score of a night's rows."""
+    scores = table.column("score").filter(is_ok(table)).drop_null().to_numpy()
+    return DayStats(date=date, **night_counts(table),
+                    median_score=float(np.median(scores)) if scores.size else None)
 
 
 def history(scores_uri: str, dates: list[str]) -> list[DayStats]:
