@@ -23,17 +23,20 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map
 from raymae.config import (AnomalyMapConfig, CorruptionConfig, ModelConfig, RaymaeConfig,
                            Stage1Config, Stage2Config)
+from raymae.corruption import corrupt_seeded
 from raymae.evaluate import compute_metrics, evaluate, format_table
 from raymae.metrics import image_metrics
 from raymae.train import load_training_data, train_local
@@ -103,6 +106,29 @@ def machine_tag() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0).split()[-1].lower().replace(" ", "-")
     return f"cpu-{os.cpu_count()}core"
+
+
+def constant_prediction_ce(label_share: float, class_weights: tuple[float, float]) -> float:
+    """Stage 2's class-weighted cross-entropy for the best *constant* prediction, when a share
+    ``label_share`` of the pixels is labelled anomalous: where the CE sits while the pixel
+    classifier has learned nothing but the prior (torch's weighted mean: sum w*nll / sum w)."""
+    normal, anomalous = (1 - label_share) * class_weights[0], label_share * class_weights[1]
+    if normal <= 0 or anomalous <= 0:
+        return 0.0
+    p = anomalous / (normal + anomalous)  # the minimiser
+    return -(normal * math.log(1 - p) + anomalous * math.log(p)) / (normal + anomalous)
+
+
+def classifier_diagnosis(cfg: RaymaeConfig, images, history: list[dict], samples: int = 1000) -> dict:
+    """Did stage 2's pixel classifier learn, and from which epoch? Its CE is compared with a constant
+    prediction's, for the anomalous-label share of ``samples`` seeded corruptions of the training images."""
+    picked = images[:: max(1, len(images) // samples)][:samples]
+    share = float(np.mean([corrupt_seeded(im, cfg.corruption, cfg.seed, i).mask.mean()
+                           for i, im in enumerate(picked)]))
+    prior = constant_prediction_ce(share, cfg.stage2.class_weights)
+    below = [h["epoch"] for h in history if h["stage"] == 2 and h.get("ce", prior) < 0.9 * prior]
+    return {"anomalous_label_share": round(share, 5), "constant_prediction_ce": round(prior, 4),
+            "first_epoch_ce_below_90pct_of_constant": below[0] if below else None}
 
 
 def ablation(artifact, test, device: str) -> dict:
@@ -186,6 +212,7 @@ def main(argv=None) -> int:
          validation_table=artifact.calibration.validation,
          train_images=artifact.info["train_images"], holdout_images=artifact.info["holdout_images"],
          loss_history=artifact.info["history"],
+         stage2_classifier=classifier_diagnosis(artifact.config, training.train, artifact.info["history"]),
          train_seconds=round(time.time() - train_start, 1))  # both stages and calibration
     eval_start = time.time()
     result, test, _ = evaluate(artifact, args.data, args.device)

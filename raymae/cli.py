@@ -47,7 +47,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-ratio", type=float)
     g.add_argument("--deep-supervision", action="store_true", default=None,
                    help="a pixel-classification head after every decoder block")
-    g.add_argument("--pixel-head", choices=["linear", "fusion"],
+    g.add_argument("--pixel-head", choices=["linear", "fusion", "compare"],
                    help="stage-2 pixel classifier: linear per patch (paper) or fused with 3x3 convolutions")
     g.add_argument("--train-encoder", action="store_true", default=None,
                    help="train the encoder in stage 2 too (it is frozen by default)")

@@ -28,7 +28,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 ModelSize = Literal["tiny", "small", "base", "large"]
 Combination = Literal["product", "prob", "recon", "mean"]
 ScoreRule = Literal["max", "mean", "topk"]
-PixelHead = Literal["linear", "fusion"]
+PixelHead = Literal["linear", "fusion", "compare"]
 Precision = Literal["fp32", "bf16"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,8 +59,10 @@ class ModelConfig:
     # gets its own pixel-classification head (the paper's deep supervision).
     stage2_extra_blocks: int = 2
     deep_supervision: bool = False
-    # Pixel-classification head: "linear" (a linear layer per patch token, as the paper)
-    # or "fusion" (token features fused with two 3x3 convolutions over the input image).
+    # Pixel-classification head: "linear" (a linear layer per patch token, as the paper),
+    # "fusion" (token features fused with two 3x3 convolutions over the input image) or
+    # "compare" (as fusion, but the convolutions see the input and its reconstruction side
+    # by side, as DRAEM's discriminative network does).
     pixel_head: PixelHead = "linear"
     norm_pix_loss: bool = False
 

@@ -65,7 +65,8 @@ class PixelFusion(nn.Module):
     The tokens say *what* is wrong in a patch; the two 3x3 convolutions over the
     image let the head place the boundary to the pixel, which a linear head per
     patch learns only slowly from scratch.
-    token features (N, WIDTH, H, W) + image (N, C, H, W) -> logits (N, 2, H, W).
+    token features (N, WIDTH, H, W) + image (N, C, H, W) -> logits (N, 2, H, W);
+    with the ``compare`` head the image is (N, 2C, H, W): the input and its reconstruction.
     """
 
     WIDTH = 16
@@ -117,8 +118,8 @@ class MaskedAutoencoderViT(nn.Module):
             self.seg_norms = nn.ModuleList([nn.LayerNorm(ddim, eps=1e-6) for _ in range(n_heads)])
             width = 2 if cfg.pixel_head == "linear" else PixelFusion.WIDTH
             self.seg_heads = nn.ModuleList([nn.Linear(ddim, p * p * width) for _ in range(n_heads)])
-            if cfg.pixel_head == "fusion":
-                self.pixel_fusion = PixelFusion(cfg.in_chans)
+            if cfg.pixel_head != "linear":  # "compare" stacks the reconstruction onto the input
+                self.pixel_fusion = PixelFusion(cfg.in_chans * (2 if cfg.pixel_head == "compare" else 1))
 
         self.encoder_frozen = False
         self._init_weights()
@@ -260,18 +261,25 @@ class MaskedAutoencoderViT(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
             latent, _, ids_restore = self.forward_encoder(imgs, mask_ratio=0.0)
         x = self._decoder_tokens(latent, ids_restore)
-        stem = self.pixel_fusion.stem(imgs) if self.cfg.pixel_head == "fusion" else None
         blocks = list(self.decoder_blocks) + list(self.stage2_blocks)
-        logits = []
+        segs = []
         for i, blk in enumerate(blocks):
             x = blk(x)
             head = i if self.cfg.deep_supervision else (0 if i == len(blocks) - 1 else None)
             if head is not None:
                 seg = self.seg_heads[head](self.seg_norms[head](x))[:, 1:, :]
-                seg = self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2)
-                logits.append(seg if stem is None else self.pixel_fusion(seg, stem))
+                segs.append(self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2))
         recon = self.unpatchify(self.decoder_pred(self.decoder_norm(x))[:, 1:, :])
-        return Stage2Output(recon=recon, logits=logits)
+        return Stage2Output(recon=recon, logits=self._pixel_logits(segs, imgs, recon))
+
+    def _pixel_logits(self, segs: list[torch.Tensor], imgs: torch.Tensor,
+                      recon: torch.Tensor) -> list[torch.Tensor]:
+        """Per-block token maps (N, W, H, W) -> logits (N, 2, H, W), through the pixel head."""
+        if self.cfg.pixel_head == "linear":
+            return segs
+        view = torch.cat([imgs, recon], dim=1) if self.cfg.pixel_head == "compare" else imgs
+        stem = self.pixel_fusion.stem(view)
+        return [self.pixel_fusion(seg, stem) for seg in segs]
 
 
 def build_model(cfg: ModelConfig, stage2: bool = False) -> MaskedAutoencoderViT:

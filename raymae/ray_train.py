@@ -107,7 +107,7 @@ def train_loop_per_worker(config: dict) -> None:
         run_log.history.append(result.record())
         if rank == 0:
             log_epoch(result)
-        metrics = {**result.record(), **result.parts}
+        metrics = result.record()
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:

@@ -132,8 +132,8 @@ class EpochResult:
     parts: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict:
-        """The epoch as one loss-history entry (epochs counted from 1)."""
-        return {"stage": self.stage, "epoch": self.epoch + 1, "loss": self.loss}
+        """The epoch as one loss-history entry (epochs counted from 1), with the loss's terms."""
+        return {"stage": self.stage, "epoch": self.epoch + 1, "loss": self.loss, **self.parts}
 
 
 EpochHook = Callable[[EpochResult, MaskedAutoencoderViT, torch.optim.Optimizer], None]

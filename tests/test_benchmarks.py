@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tests.scripts import load_script
 
@@ -29,6 +30,29 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
     assert len(record["test_ablation_map_rules"]) == 12
     assert record["machine"]["cpu_cores"] >= 1 and record["wall_seconds"] > 0
     assert record["recipe"]["model"]["image_size"] == 64
+    diagnosis = record["stage2_classifier"]
+    assert 0 < diagnosis["anomalous_label_share"] < 0.5 and diagnosis["constant_prediction_ce"] > 0
+    assert set(record["loss_history"][-1]) >= {"stage", "epoch", "loss", "ce", "mse", "ssim"}
+
+
+def test_a_stuck_pixel_classifier_is_told_apart_from_a_learning_one():
+    quality = _quality_module()
+    weights = (1.0, 5.0)
+    for share in (0.01, 0.04, 0.3):  # the closed form is the minimum over constant predictions
+        p = np.linspace(1e-5, 1 - 1e-5, 200_001)
+        grid = (-(1 - share) * weights[0] * np.log(1 - p) - share * weights[1] * np.log(p)) / (
+            (1 - share) * weights[0] + share * weights[1])
+        assert quality.constant_prediction_ce(share, weights) == pytest.approx(grid.min(), abs=1e-6)
+    assert quality.constant_prediction_ce(0.0, weights) == 0.0
+
+    from raymae.config import RaymaeConfig
+    images = np.random.default_rng(0).integers(60, 200, (8, 32, 32, 3), dtype=np.uint8)
+    cfg = RaymaeConfig()
+    prior = quality.classifier_diagnosis(cfg, images, [])["constant_prediction_ce"]
+    stuck = [{"stage": 2, "epoch": e, "loss": 1.0, "ce": prior * 1.02} for e in (1, 2, 3)]
+    learning = stuck[:2] + [{"stage": 2, "epoch": 3, "loss": 1.0, "ce": prior * 0.7}]
+    assert quality.classifier_diagnosis(cfg, images, stuck)["first_epoch_ce_below_90pct_of_constant"] is None
+    assert quality.classifier_diagnosis(cfg, images, learning)["first_epoch_ce_below_90pct_of_constant"] == 3
 
 
 def _quality_module():

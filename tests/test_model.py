@@ -107,3 +107,18 @@ def test_the_fusion_head_gives_pixel_logits_for_every_supervised_block():
     out = model.forward_stage2(torch.randn(2, 3, 32, 32))
     assert [tuple(lg.shape) for lg in out.logits] == [(2, 2, 32, 32)] * 3
     assert model.seg_heads[0].out_features == 8 * 8 * model.pixel_fusion.WIDTH
+
+
+def test_the_compare_head_classifies_pixels_by_looking_at_the_input_and_its_reconstruction():
+    def ce_gradient_reaches_the_reconstruction(pixel_head: str) -> bool:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(**{**CFG.__dict__, "pixel_head": pixel_head}), stage2=True)
+        out = model.forward_stage2(torch.randn(2, 3, 32, 32))
+        assert [tuple(lg.shape) for lg in out.logits] == [(2, 2, 32, 32)]
+        torch.nn.functional.cross_entropy(out.logits[-1], torch.zeros(2, 32, 32, dtype=torch.long)).backward()
+        grad = model.decoder_pred.weight.grad
+        return grad is not None and bool(grad.abs().sum() > 0)
+
+    assert ce_gradient_reaches_the_reconstruction("compare")
+    assert not ce_gradient_reaches_the_reconstruction("fusion")
+    assert not ce_gradient_reaches_the_reconstruction("linear")

@@ -22,6 +22,11 @@ def test_the_loss_goes_down_in_both_stages(trained_artifact):
     for stage in (1, 2):
         losses = [h["loss"] for h in history if h["stage"] == stage]
         assert losses[-1] < losses[0]
+    for h in history:  # stage 2's terms are kept, to tell a learning classifier from a stuck one
+        if h["stage"] == 2:
+            cfg = trained_artifact.config.stage2
+            assert h["loss"] == pytest.approx(cfg.ce_weight * h["ce"] + cfg.mse_weight * h["mse"]
+                                              + cfg.ssim_weight * h["ssim"], rel=1e-4)
 
 
 def test_the_threshold_is_calibrated_on_held_back_normals(trained_artifact):
