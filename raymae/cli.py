@@ -48,7 +48,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deep-supervision", action="store_true", default=None,
                    help="a pixel-classification head after every decoder block")
     g.add_argument("--pixel-head", choices=["linear", "fusion", "compare"],
-                   help="stage-2 pixel classifier: linear per patch (paper) or fused with 3x3 convolutions")
+                   help="stage-2 pixel classifier: linear per patch (paper), fused with 3x3 convolutions over the "
+                        "input, or (compare) over the input and its reconstruction")
     g.add_argument("--train-encoder", action="store_true", default=None,
                    help="train the encoder in stage 2 too (it is frozen by default)")
     g.add_argument("--foreground-only", action="store_true", default=None,

@@ -493,20 +493,24 @@ def is_complete(partition: str) -> bool:
     return fs.exists(f"{path}/{MARKER}")
 
 
+def partition_date(name: str) -> str | None:
+    """The night of a ``date=YYYY-MM-DD`` folder name (a path's last part), or None if it is not one."""
+    prefix, _, value = name.rstrip("/").rsplit("/", 1)[-1].partition("=")
+    if prefix != PARTITION:
+        return None
+    try:
+        return parse_date(value)
+    except DataError:
+        return None  # date=2026-02-30: not a night
+
+
 def complete_dates(output: str) -> set[str]:
     """The dates under ``output`` whose partition holds ``_SUCCESS``, from one listing
     (not one request per night: a 90-night history on S3 is one LIST, not 89 HEADs)."""
     fs, root = storage.resolve(output)
     fs.invalidate_cache(root)
-    pattern = re.compile(rf"/{PARTITION}=(\d{{4}}-\d{{2}}-\d{{2}})/{MARKER}$")
-    dates = set()
-    for path in fs.glob(f"{root}/{PARTITION}=*/{MARKER}"):
-        m = pattern.search("/" + path.lstrip("/"))
-        try:
-            dates.add(parse_date(m.group(1)) if m else "")
-        except DataError:
-            pass  # date=2026-02-30: not a night
-    return dates - {""}
+    found = (partition_date(path.rsplit("/", 2)[-2]) for path in fs.glob(f"{root}/{PARTITION}=*/{MARKER}"))
+    return {d for d in found if d}
 
 
 def remove_stale_staging(output: str, date: str) -> None:

@@ -8,7 +8,6 @@ the history of many nights reads three small columns per night, one night at a t
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,12 +19,11 @@ import pyarrow.dataset as pds
 from raymae import storage
 from raymae.data import DataError
 from raymae.scoring import (MARKER, PARTITION, complete_dates, is_complete, is_ok, night_counts,
-                            parse_date, partition_uri)
+                            partition_date, partition_uri)
 
 NIGHT_COLUMNS = ["image_uri", "score", "is_anomalous", "threshold", "heatmap_max", "height", "width",
                  "status", "error", "model_id", "scored_at"]
 DAY_COLUMNS = ["status", "is_anomalous", "score"]
-_PARTITION_DIR = re.compile(rf"^{PARTITION}=(\d{{4}}-\d{{2}}-\d{{2}})$")
 
 
 @dataclass(frozen=True)
@@ -54,15 +52,8 @@ def list_dates(scores_uri: str) -> list[str]:
         raise DataError(f"cannot list the scores at {scores_uri!r}: {e}") from e
     if entries is None:
         raise DataError(f"no scores at {scores_uri!r}: the folder does not exist")
-    dates = []
-    for entry in entries:
-        m = _PARTITION_DIR.match(entry["name"].rstrip("/").rsplit("/", 1)[-1])
-        if entry.get("type") == "directory" and m:
-            try:
-                dates.append(parse_date(m.group(1)))
-            except DataError:
-                continue  # date=2026-02-30: not a night
-    return sorted(dates)
+    dates = [partition_date(e["name"]) for e in entries if e.get("type") == "directory"]
+    return sorted(d for d in dates if d)
 
 
 def require_date(scores_uri: str, date: str) -> list[str]:
