@@ -110,6 +110,22 @@ class Stage2Config:
     ssim_weight: float = 1.0
     # Cross-entropy weights of (normal, anomalous) pixels; anomalies are the rare class.
     class_weights: tuple[float, float] = (1.0, 5.0)
+    # Focal loss (Lin et al. 2017, as DRAEM): the classification term scales each pixel's
+    # weighted CE by (1 - p_true) ** focal_gamma, so the many easy normal pixels count less.
+    # 0 = plain class-weighted cross-entropy.
+    focal_gamma: float = 0.0
+    # Weight of a soft-Dice term on the anomalous class (1 - Dice over the whole batch), which a
+    # constant prediction cannot satisfy whatever the class balance. 0 = off.
+    dice_weight: float = 0.0
+    # Start the new pixel head predicting this anomalous probability everywhere (RetinaNet's
+    # prior initialisation of the last bias) instead of 0.5. 0 = leave the bias at 0.
+    anomaly_prior: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.anomaly_prior < 1.0:
+            raise ConfigError(f"stage2.anomaly_prior must be in [0, 1), not {self.anomaly_prior}")
+        if self.focal_gamma < 0 or self.dice_weight < 0:
+            raise ConfigError("stage2.focal_gamma and stage2.dice_weight must not be negative")
 
 
 @dataclass

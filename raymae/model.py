@@ -157,6 +157,19 @@ class MaskedAutoencoderViT(nn.Module):
         for p in self.encoder_parameters():
             p.requires_grad_(not frozen)
 
+    def set_pixel_prior(self, share: float) -> None:
+        """Bias the pixel head's last layer so it starts out predicting ``share`` anomalous.
+
+        With two classes, p(anomalous) = sigmoid(b1 - b0), so the anomalous bias
+        becomes log(share / (1 - share)) and the normal one 0 (RetinaNet's prior init).
+        """
+        last = self.pixel_fusion.fuse[-1] if self.cfg.pixel_head != "linear" else None
+        biases = [last.bias.view(1, 2)] if last is not None else [h.bias.view(-1, 2) for h in self.seg_heads]
+        with torch.no_grad():
+            for b in biases:
+                b[:, 0] = 0.0
+                b[:, 1] = float(np.log(share / (1.0 - share)))
+
     # ------------------------------------------------------------- patches
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C)."""

@@ -86,10 +86,37 @@ def learning_rate(stage: Stage1Config | Stage2Config, epoch: float, global_batch
 
 
 # ------------------------------------------------------------------ losses
+def focal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                        gamma: float) -> torch.Tensor:
+    """Class-weighted focal loss: sum w_t (1 - p_t)^gamma nll / sum w_t.
+
+    logits (N, 2, H, W), target (N, H, W) long, weight (2,). Normalised like
+    ``F.cross_entropy(weight=...)``, so gamma = 0 gives exactly the weighted CE.
+    """
+    nll = F.cross_entropy(logits, target, reduction="none")
+    if gamma:
+        nll = nll * (1.0 - torch.exp(-nll)).pow(gamma)
+    w = weight[target]
+    return (w * nll).sum() / w.sum()
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of the anomalous class over the whole batch (N, 2, H, W) vs (N, H, W).
+
+    One ratio per batch, not per image, so clean samples (empty masks) need no special case.
+    """
+    prob, t = logits.softmax(dim=1)[:, 1], target.float()
+    return 1.0 - (2.0 * (prob * t).sum() + eps) / (prob.sum() + t.sum() + eps)
+
+
 def stage2_loss(out: Stage2Output, x_clean: torch.Tensor, mask: torch.Tensor,
                 cfg: RaymaeConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Class-weighted cross-entropy (over every supervised head) + MSE + (1 - SSIM).
+    """Pixel classification (over every supervised head) + MSE + (1 - SSIM).
 
+    The classification term is class-weighted cross-entropy, or its focal form
+    (``stage2.focal_gamma``), plus an optional soft-Dice term (``stage2.dice_weight``).
+    The returned terms always hold the plain weighted CE as ``ce``, so runs with
+    different classification losses stay comparable.
     out.recon is compared with the *clean* image, so the model learns to repair.
     x_clean: (N, 3, H, W) normalised; mask: (N, H, W) bool.
     Always computed in float32, also inside a bf16 autocast region: SSIM's
@@ -100,15 +127,23 @@ def stage2_loss(out: Stage2Output, x_clean: torch.Tensor, mask: torch.Tensor,
     with torch.autocast(x_clean.device.type, enabled=False):
         weight = torch.tensor(s2.class_weights, device=x_clean.device, dtype=torch.float32)
         target = mask.long()
-        ce = torch.stack([F.cross_entropy(lg.float(), target, weight=weight) for lg in out.logits]).mean()
+        logits = [lg.float() for lg in out.logits]
+        ce = torch.stack([F.cross_entropy(lg, target, weight=weight) for lg in logits]).mean()
+        parts = {"ce": ce}
+        classification = ce
+        if s2.focal_gamma:
+            classification = parts["focal"] = torch.stack(
+                [focal_cross_entropy(lg, target, weight, s2.focal_gamma) for lg in logits]).mean()
         recon, clean = out.recon.float(), x_clean.float()
-        mse = F.mse_loss(recon, clean)
+        parts["mse"] = mse = F.mse_loss(recon, clean)
         recon01 = to_unit_range(recon, cfg.mean, cfg.std).clamp(0, 1)
         clean01 = to_unit_range(clean, cfg.mean, cfg.std).clamp(0, 1)
         win = 11 if min(clean.shape[-2:]) > 11 * 4 else 3
-        ssim_loss = 1.0 - ssim(recon01, clean01, data_range=1.0, win_size=win)
-    loss = s2.ce_weight * ce + s2.mse_weight * mse + s2.ssim_weight * ssim_loss
-    parts = {"ce": ce, "mse": mse, "ssim": ssim_loss}
+        parts["ssim"] = ssim_loss = 1.0 - ssim(recon01, clean01, data_range=1.0, win_size=win)
+        loss = s2.ce_weight * classification + s2.mse_weight * mse + s2.ssim_weight * ssim_loss
+        if s2.dice_weight:
+            parts["dice"] = torch.stack([soft_dice_loss(lg, target) for lg in logits]).mean()
+            loss = loss + s2.dice_weight * parts["dice"]
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
@@ -230,6 +265,8 @@ def train_two_stages(cfg: RaymaeConfig, images: np.ndarray, device: torch.device
         foreign = list(unexpected) + [k for k in missing if not k.startswith(STAGE2_PREFIXES)]
         if foreign:
             raise RuntimeError(f"stage-1 weights do not fit the stage-2 network: {foreign[:5]}")
+        if cfg.stage2.anomaly_prior:
+            stage2.set_pixel_prior(cfg.stage2.anomaly_prior)
     stage2.set_encoder_frozen(cfg.stage2.freeze_encoder)
     _run_stage(cfg, 2, stage2, CorruptedImages(images, cfg), device, state, wrap_model, wrap_loader,
                world_size, loader_workers, hook)

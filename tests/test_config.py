@@ -27,3 +27,11 @@ def test_a_choice_outside_its_options_is_refused():
     data["anomaly_map"]["combination"] = "sum"
     with pytest.raises(ConfigError, match="combination"):
         RaymaeConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("setting, value", [("anomaly_prior", 1.0), ("focal_gamma", -1.0), ("dice_weight", -0.5)])
+def test_stage2_classification_settings_outside_their_range_are_refused(setting, value):
+    data = RaymaeConfig().to_dict()
+    data["stage2"][setting] = value
+    with pytest.raises(ConfigError, match=setting):
+        RaymaeConfig.from_dict(data)

@@ -122,3 +122,14 @@ def test_the_compare_head_classifies_pixels_by_looking_at_the_input_and_its_reco
     assert ce_gradient_reaches_the_reconstruction("compare")
     assert not ce_gradient_reaches_the_reconstruction("fusion")
     assert not ce_gradient_reaches_the_reconstruction("linear")
+
+
+@pytest.mark.parametrize("pixel_head", ["linear", "fusion"])
+def test_the_pixel_prior_sets_the_anomalous_probability_the_head_starts_from(pixel_head):
+    model = build_model(ModelConfig(**{**CFG.__dict__, "pixel_head": pixel_head}), stage2=True)
+    model.set_pixel_prior(0.05)
+    last = model.pixel_fusion.fuse[-1] if pixel_head == "fusion" else model.seg_heads[0]
+    with torch.no_grad():
+        last.weight.zero_()  # leave only the bias: the head's answer before it has learned anything
+        prob = model.forward_stage2(torch.randn(2, 3, 32, 32)).anomaly_prob
+    assert torch.allclose(prob, torch.full_like(prob, 0.05), atol=1e-6)

@@ -79,6 +79,65 @@ def test_the_stage2_loss_is_computed_in_float32_inside_a_bf16_autocast_region():
     assert torch.allclose(grad16, grad32, rtol=1e-4, atol=1e-8)
 
 
+def _logits_and_mask(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 2, 16, 16, generator=gen), torch.rand(4, 16, 16, generator=gen) > 0.9
+
+
+def test_the_focal_loss_is_the_weighted_cross_entropy_at_gamma_0_and_discounts_confident_pixels():
+    from raymae.training import focal_cross_entropy
+
+    logits, mask = _logits_and_mask()
+    target, weight = mask.long(), torch.tensor([1.0, 5.0])
+    ce = torch.nn.functional.cross_entropy(logits, target, weight=weight)
+    assert torch.allclose(focal_cross_entropy(logits, target, weight, 0.0), ce)
+    # one pixel, right with p = 0.9: the focal term scales its nll by (1 - 0.9) ** 2
+    sure = torch.tensor([0.0, float(np.log(9.0))]).view(1, 2, 1, 1)
+    one = torch.ones(1, 1, 1, dtype=torch.long)
+    assert float(focal_cross_entropy(sure, one, weight, 2.0)) == pytest.approx(0.01 * -np.log(0.9), rel=1e-5)
+
+
+def test_soft_dice_rewards_overlap_and_a_constant_prediction_cannot_satisfy_it():
+    from raymae.training import soft_dice_loss
+
+    _, mask = _logits_and_mask()
+    target = mask.long()
+    perfect = torch.stack([~mask, mask], dim=1).float() * 40.0
+    share = float(mask.float().mean())
+    constant = torch.zeros(4, 2, 16, 16)
+    constant[:, 1] = float(np.log(share / (1 - share)))  # predicts the label share everywhere
+    assert float(soft_dice_loss(perfect, target)) < 1e-3
+    # a constant p = share has Dice 2 * share * T / (share * N + T) = share, whatever it learned
+    assert float(soft_dice_loss(constant, target)) == pytest.approx(1 - share, abs=0.01)
+
+
+def test_focal_and_dice_terms_enter_the_stage2_loss_beside_the_plain_cross_entropy():
+    from raymae.model import Stage2Output
+    from raymae.training import focal_cross_entropy, soft_dice_loss, stage2_loss
+
+    cfg = tiny_recipe()
+    cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(
+        cfg.stage2, ce_weight=2.0, focal_gamma=2.0, dice_weight=0.5))
+    logits, mask = _logits_and_mask()
+    clean = torch.rand(4, 3, 16, 16)
+    loss, parts = stage2_loss(Stage2Output(clean.clone(), [logits]), clean, mask, cfg)
+    weight = torch.tensor(cfg.stage2.class_weights)
+    assert set(parts) == {"ce", "focal", "mse", "ssim", "dice"}
+    assert torch.allclose(parts["ce"], torch.nn.functional.cross_entropy(logits, mask.long(), weight=weight))
+    assert torch.allclose(parts["focal"], focal_cross_entropy(logits, mask.long(), weight, 2.0))
+    assert torch.allclose(parts["dice"], soft_dice_loss(logits, mask.long()))
+    expected = 2.0 * parts["focal"] + parts["mse"] + parts["ssim"] + 0.5 * parts["dice"]
+    assert torch.allclose(loss, expected)
+
+
+def test_stage2_starts_from_the_configured_anomaly_prior():
+    cfg = tiny_recipe(stage1_epochs=1, stage2_epochs=0)
+    cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, anomaly_prior=0.02))
+    model = train_two_stages(cfg, _images(), torch.device("cpu"))
+    bias = model.seg_heads[0].bias.detach().view(-1, 2)
+    assert torch.allclose(torch.sigmoid(bias[:, 1] - bias[:, 0]), torch.full((bias.shape[0],), 0.02))
+
+
 def test_a_diverging_loss_stops_training_with_a_clear_error():
     cfg = tiny_recipe(stage1_epochs=1, stage2_epochs=0)
     cfg = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, lr=1e30, warmup_epochs=0,
