@@ -25,8 +25,12 @@ VALIDATION_SEED_OFFSET = 7_919  # corruptions for validation differ from trainin
 
 def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
                      batch_size: int = 32) -> dict[str, dict[str, float]]:
-    """AUROC of every map rule: held-back normals vs their corrupted copies."""
-    corruption = dataclasses.replace(cfg.corruption, clean_share=0.0)
+    """AUROC of every map rule: held-back normals vs their corrupted copies.
+
+    The copies follow ``calibration.validation_corruption``, or stage 2's corruption when unset.
+    """
+    corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption,
+                                     clean_share=0.0)
     fakes, _, fake_masks = corrupt_batch(normals, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
                                          list(range(len(normals))))
     raw_n = predictor.raw_maps(normals, batch_size)

@@ -192,6 +192,10 @@ class CalibrationConfig:
     # Pick combination/score rule on validation data (held-back normals vs their
     # corrupted copies) instead of taking AnomalyMapConfig as given.
     select_map_rule: bool = True
+    # How those copies are corrupted: None = like stage 2's training corruptions. Another
+    # mix (for instance a family stage 2 never saw) judges the rules on anomalies the pixel
+    # classifier was not trained on, as real defects are.
+    validation_corruption: CorruptionConfig | None = None
 
 
 @dataclass
@@ -229,8 +233,9 @@ def _from_dict(cls: type, data: dict[str, Any]):
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _from_dict(hint, value)
+        nested = [t for t in (hint, *get_args(hint)) if dataclasses.is_dataclass(t)]
+        if nested and isinstance(value, dict):  # a section, or an optional one that is set
+            kwargs[key] = _from_dict(nested[0], value)
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:

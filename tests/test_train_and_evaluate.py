@@ -1,5 +1,6 @@
 """Training both stages in one process, calibrating, and evaluating like the literature."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -37,6 +38,32 @@ def test_the_threshold_is_calibrated_on_held_back_normals(trained_artifact):
     chosen = f"{trained_artifact.config.anomaly_map.combination}/{trained_artifact.config.anomaly_map.score_rule}"
     best = max(c.validation.values(), key=lambda r: r["image_auroc"] + r["pixel_auroc"])
     assert c.validation[chosen] == best
+
+
+def test_the_map_rule_can_be_judged_on_corruptions_stage2_never_saw(trained_artifact, synthetic_dataset,
+                                                                     monkeypatch):
+    from raymae import calibration
+    from raymae.config import CorruptionConfig
+    from raymae.train import load_training_data
+
+    cfg = trained_artifact.config
+    holdout = load_training_data(synthetic_dataset, cfg).holdout
+    used = []
+
+    def recording(images, corruption, *args):
+        used.append(corruption)
+        return corrupt_batch(images, corruption, *args)
+
+    corrupt_batch = calibration.corrupt_batch
+    monkeypatch.setattr(calibration, "corrupt_batch", recording)
+    predictor = trained_artifact.predictor("cpu")
+    like_training = calibration.validation_table(predictor, holdout, cfg)
+    lines = CorruptionConfig(perlin_share=0.0, line_share=1.0)
+    unseen = calibration.validation_table(predictor, holdout, dataclasses.replace(
+        cfg, calibration=dataclasses.replace(cfg.calibration, validation_corruption=lines)))
+    assert used == [dataclasses.replace(cfg.corruption, clean_share=0.0),
+                    dataclasses.replace(lines, clean_share=0.0)]  # every copy corrupted
+    assert set(unseen) == set(like_training) and unseen != like_training
 
 
 def test_the_artifact_round_trips_and_scores_identically(trained_artifact, synthetic_dataset, tmp_path):
