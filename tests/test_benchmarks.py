@@ -162,3 +162,19 @@ def test_the_map_postprocessing_experiments_run_on_a_saved_model(synthetic_datas
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert 0.0 <= float(line.split("image AUROC ")[1].split()[0]) <= 1.0
     assert "peak on the border band: normals" in out and "defect pixels on the border band" in out
+
+
+def test_the_validation_mix_study_reports_what_each_mix_would_choose(trained_artifact, synthetic_dataset,
+                                                                     tmp_path):
+    study = load_script("benchmarks/validation_mixes.py")
+    trained_artifact.save(str(tmp_path / "model"))
+    out = tmp_path / "mixes.json"
+    assert study.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["mixes"]) == set(study.MIXES) and len(record["test_all_rules"]) == 12
+    for name, row in record["mixes"].items():
+        table = row["validation_table"]
+        best = max(table.values(), key=lambda r: r["image_auroc"] + r["pixel_auroc"])
+        assert table[row["chosen_rule"]] == best  # chosen as training chooses: on validation only
+        assert row["test"] == record["test_all_rules"][row["chosen_rule"]]
+    assert record["mixes"]["training"]["validation_table"] != record["mixes"]["lines"]["validation_table"]
