@@ -23,13 +23,13 @@ from pathlib import Path
 
 from raymae import calibration, data
 from raymae.artifact import ModelArtifact
-from raymae.config import CorruptionConfig
+from raymae.config import CorruptionConfig, unseen_corruption
 from raymae.train import load_training_data
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import ablation, machine  # noqa: E402
 
-# None = like stage 2's training corruption (today's default).
+# None = like stage 2's training corruption (the default before this study).
 MIXES: dict[str, CorruptionConfig | None] = {
     "training": None,
     # thin dark or bright curves: a family the default recipes never train on
@@ -38,8 +38,7 @@ MIXES: dict[str, CorruptionConfig | None] = {
     # grey levels), smaller than training's
     "small-shapes": CorruptionConfig(perlin_share=0.0, max_shapes=1, shape_area=(0.001, 0.01),
                                      intensity_shift=(10.0, 50.0)),
-    "lines+small-shapes": CorruptionConfig(perlin_share=0.0, line_share=0.5, max_shapes=1,
-                                           shape_area=(0.001, 0.01), intensity_shift=(10.0, 50.0)),
+    "lines+small-shapes": unseen_corruption(),  # half each: the default since this study
     # large, faint regions (uneven shading), bounded in size
     "regions": CorruptionConfig(perlin_share=0.0, region_share=1.0, region_area=(0.05, 0.3),
                                 region_offset=(12.0, 35.0)),

@@ -27,7 +27,8 @@ def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfi
                      batch_size: int = 32) -> dict[str, dict[str, float]]:
     """AUROC of every map rule: held-back normals vs their corrupted copies.
 
-    The copies follow ``calibration.validation_corruption``, or stage 2's corruption when unset.
+    The copies follow ``calibration.validation_corruption`` (by default families stage 2
+    never trains on), or stage 2's own corruption when that is None.
     """
     corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption,
                                      clean_share=0.0)

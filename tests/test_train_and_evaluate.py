@@ -57,13 +57,27 @@ def test_the_map_rule_can_be_judged_on_corruptions_stage2_never_saw(trained_arti
     corrupt_batch = calibration.corrupt_batch
     monkeypatch.setattr(calibration, "corrupt_batch", recording)
     predictor = trained_artifact.predictor("cpu")
-    like_training = calibration.validation_table(predictor, holdout, cfg)
+
+    def table(validation_corruption):
+        return calibration.validation_table(predictor, holdout, dataclasses.replace(
+            cfg, calibration=dataclasses.replace(cfg.calibration, validation_corruption=validation_corruption)))
+
+    like_training = table(None)
     lines = CorruptionConfig(perlin_share=0.0, line_share=1.0)
-    unseen = calibration.validation_table(predictor, holdout, dataclasses.replace(
-        cfg, calibration=dataclasses.replace(cfg.calibration, validation_corruption=lines)))
+    unseen = table(lines)
     assert used == [dataclasses.replace(cfg.corruption, clean_share=0.0),
                     dataclasses.replace(lines, clean_share=0.0)]  # every copy corrupted
     assert set(unseen) == set(like_training) and unseen != like_training
+
+
+def test_by_default_the_map_rule_is_judged_on_corruption_families_stage2_never_trains_on():
+    from raymae.config import RaymaeConfig
+
+    cfg = RaymaeConfig()
+    training, validation = cfg.corruption, cfg.calibration.validation_corruption
+    assert training.line_share == 0.0 and validation.line_share > 0  # lines: never in training
+    assert validation.perlin_share == 0.0  # no Perlin blobs, the training's main family
+    assert validation.shape_area[1] <= training.shape_area[1] / 5  # and shapes far smaller than training's
 
 
 def test_the_artifact_round_trips_and_scores_identically(trained_artifact, synthetic_dataset, tmp_path):
