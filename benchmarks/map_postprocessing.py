@@ -12,7 +12,9 @@ Computes R and P once for the test set and for the held-back normal training ima
 * ``minus-mean[...]``: only the held-back normals' mean map subtracted;
 * ``no-border[...]``: the outer 1/16 of the map ignored by the image score;
 
-and how often the map's peak lies on that border band, for normal and defective images.
+how often the map's peak lies on that border band, for normal and defective images, and
+how often a defective image's peak lies inside its defect (else its image score comes
+from somewhere a normal image could score too).
 These are exploratory test-set numbers, for choosing what to build next, never for
 choosing the product's rule (that is chosen on validation data).
 """
@@ -75,9 +77,12 @@ def main(argv=None) -> int:
     for (comb, sigma), maps in test_maps.items():
         for rule in ("max", "topk", "mean"):
             row(f"{comb} sigma={sigma:g} {rule}", maps, rule, pixel=rule == "max")
-        on_band = band.ravel()[maps.flatten(1).argmax(dim=1).numpy()]
+        peak = maps.flatten(1).argmax(dim=1).numpy()
+        on_band = band.ravel()[peak]
+        in_mask = test.masks.reshape(len(labels), -1)[np.arange(len(labels)), peak][labels == 1]
         print(f"{'':36s} peak on the border band: normals {on_band[labels == 0].mean():.2f}, "
-              f"defects {on_band[labels == 1].mean():.2f}")
+              f"defects {on_band[labels == 1].mean():.2f}; defect images whose peak lies in the "
+              f"defect: {in_mask.mean():.2f}")
     print(f"defect pixels on the border band: {test.masks[:, band].sum() / max(test.masks.sum(), 1):.2f}")
 
     for comb in ("prob", "recon", "mean"):

@@ -162,14 +162,15 @@ def test_the_map_postprocessing_experiments_run_on_a_saved_model(synthetic_datas
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert 0.0 <= float(line.split("image AUROC ")[1].split()[0]) <= 1.0
     assert "peak on the border band: normals" in out and "defect pixels on the border band" in out
+    in_defect = [float(line.rsplit("peak lies in the defect: ", 1)[1]) for line in out.splitlines()
+                 if "peak lies in the defect" in line]
+    assert len(in_defect) == 8 and all(0.0 <= share <= 1.0 for share in in_defect)
 
 
-def test_the_validation_mix_study_reports_what_each_mix_would_choose(trained_artifact, synthetic_dataset,
-                                                                     tmp_path):
+def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_dataset, model_dir, tmp_path):
     study = load_script("benchmarks/validation_mixes.py")
-    trained_artifact.save(str(tmp_path / "model"))
     out = tmp_path / "mixes.json"
-    assert study.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--out", str(out)]) == 0
+    assert study.main(["--data", synthetic_dataset, "--model", model_dir, "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert set(record["mixes"]) == set(study.MIXES) and len(record["test_all_rules"]) == 12
     for name, row in record["mixes"].items():
