@@ -34,10 +34,9 @@ MIXES: dict[str, CorruptionConfig | None] = {
     "training": None,
     # thin dark or bright curves: a family the default recipes never train on
     "lines": CorruptionConfig(perlin_share=0.0, line_share=1.0),
-    # one small self-sourced shape (0.1-1 % of the image, darkened or brightened by 10-50
-    # grey levels), smaller than training's
-    "small-shapes": CorruptionConfig(perlin_share=0.0, max_shapes=1, shape_area=(0.001, 0.01),
-                                     intensity_shift=(10.0, 50.0)),
+    # the default's one small self-sourced shape (0.1-1 % of the image, darkened or brightened
+    # by 10-50 grey levels) alone, smaller than training's
+    "small-shapes": dataclasses.replace(unseen_corruption(), line_share=0.0),
     "lines+small-shapes": unseen_corruption(),  # half each: the default since this study
     # large, faint regions (uneven shading), bounded in size
     "regions": CorruptionConfig(perlin_share=0.0, region_share=1.0, region_area=(0.05, 0.3),

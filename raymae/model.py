@@ -163,8 +163,10 @@ class MaskedAutoencoderViT(nn.Module):
         With two classes, p(anomalous) = sigmoid(b1 - b0), so the anomalous bias
         becomes log(share / (1 - share)) and the normal one 0 (RetinaNet's prior init).
         """
-        last = self.pixel_fusion.fuse[-1] if self.cfg.pixel_head != "linear" else None
-        biases = [last.bias.view(1, 2)] if last is not None else [h.bias.view(-1, 2) for h in self.seg_heads]
+        if self.cfg.pixel_head == "linear":  # every head's bias holds (normal, anomalous) per pixel
+            biases = [h.bias.view(-1, 2) for h in self.seg_heads]
+        else:  # the fusion convolutions' last layer gives the logits of every head
+            biases = [self.pixel_fusion.fuse[-1].bias.view(1, 2)]
         with torch.no_grad():
             for b in biases:
                 b[:, 0] = 0.0

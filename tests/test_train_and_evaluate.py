@@ -48,13 +48,12 @@ def test_the_map_rule_can_be_judged_on_corruptions_stage2_never_saw(trained_arti
 
     cfg = trained_artifact.config
     holdout = load_training_data(synthetic_dataset, cfg).holdout
-    used = []
+    used, corrupt_batch = [], calibration.corrupt_batch
 
     def recording(images, corruption, *args):
         used.append(corruption)
         return corrupt_batch(images, corruption, *args)
 
-    corrupt_batch = calibration.corrupt_batch
     monkeypatch.setattr(calibration, "corrupt_batch", recording)
     predictor = trained_artifact.predictor("cpu")
 
