@@ -159,10 +159,18 @@ class CorruptionConfig:
     region_area: tuple[float, float] = (0.1, 0.6)      # fraction of the image
     region_offset: tuple[float, float] = (6.0, 30.0)   # grey levels, darker or brighter
     region_edge: tuple[float, float] = (0.005, 0.03)   # edge softness, fraction of the side
+    # Normal lighting variation, left unlabelled: this share of samples (clean or corrupted)
+    # first gets a smooth gain over the whole image (a brightness gradient or broad shading
+    # bands) and, half the time, a soft highlight band (glare). It changes the clean target
+    # too, so stage 2 learns to keep it and to call it normal. 0 = off.
+    variation_share: float = 0.0
+    variation_gain: tuple[float, float] = (0.05, 0.3)   # largest relative brightness change
+    variation_glare: tuple[float, float] = (0.2, 0.8)   # relative brightening at the highlight's centre
 
     def __post_init__(self) -> None:
         shares = {"clean_share": self.clean_share, "perlin_share": self.perlin_share,
-                  "line_share": self.line_share, "region_share": self.region_share}
+                  "line_share": self.line_share, "region_share": self.region_share,
+                  "variation_share": self.variation_share}
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"corruption.{name} must be between 0 and 1, not {value}")
@@ -171,6 +179,12 @@ class CorruptionConfig:
             raise ConfigError(
                 "corruption.perlin_share + line_share + region_share must be at most 1 (the rest is "
                 f"self-sourced), not {taken:g}")
+        if not 0.0 <= self.variation_gain[0] <= self.variation_gain[1] < 1.0:
+            raise ConfigError("corruption.variation_gain must be a range (low, high) with "
+                              f"0 <= low <= high < 1, not {self.variation_gain}")
+        if not 0.0 <= self.variation_glare[0] <= self.variation_glare[1]:
+            raise ConfigError("corruption.variation_glare must be a range (low, high) with "
+                              f"0 <= low <= high, not {self.variation_glare}")
 
 
 @dataclass

@@ -18,6 +18,11 @@ labelled anomalous. Two families of corruption are used (see
   (uneven shading, stains, worn surface) whose brightness, contrast and
   sharpness change gently; its inside varies at low frequency.
 
+Optionally (``variation_share``) the image first gets normal **lighting
+variation** -- a smooth gain over the whole image and sometimes a soft highlight
+band -- which is applied to the clean image as well and never labelled: it
+teaches stage 2 that shading and glare are normal surface appearance.
+
 Mask invariant
 --------------
 ``mask`` marks *exactly* the pixels that differ from the clean image:
@@ -74,6 +79,8 @@ class CorruptedSample:
 def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) -> CorruptedSample:
     """Corrupt one ``(H, W, 3) uint8`` image, or leave it clean with ``cfg.clean_share``."""
     clean = _as_rgb_uint8(image)
+    if cfg.variation_share > 0 and rng.random() < cfg.variation_share:
+        clean = lighting_variation(clean, cfg, rng)
     if rng.random() < cfg.clean_share:
         return _clean_sample(clean)
     kind = _pick_kind(cfg, rng.random())
@@ -504,6 +511,36 @@ def _region_corruption(clean: np.ndarray, cfg: CorruptionConfig,
     target += rng.uniform(*cfg.region_offset) * (1 if rng.random() < 0.5 else -1) * inner[..., None]
     out = img + alpha[..., None] * (target - img)
     return _to_uint8(out), alpha > 0.02
+
+
+def lighting_variation(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
+    """Normal lighting change of a whole ``(H, W, 3) uint8`` image, with no edges.
+
+    The image is multiplied by a smooth gain, as a change of illumination does:
+    ``1 + a * f`` with ``f`` in [-1, 1] varying over at least half the image (a linear
+    gradient, or half a cycle to two cycles of broad bands, in a random direction) and
+    ``a`` from ``cfg.variation_gain``; half the time plus a soft, elongated highlight
+    (glare) that brightens its centre by a share from ``cfg.variation_glare``.
+    Equal in every channel, so a grey image stays grey.
+    """
+    h, w = image.shape[:2]
+    side = _side(image)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (np.cos(angle) * xx + np.sin(angle) * yy) / side             # (H, W), ~1 per image side
+    across = (-np.sin(angle) * xx + np.cos(angle) * yy) / side
+    t = (along - along.min()) / max(float(np.ptp(along)), 1e-6)            # (H, W) in [0, 1]
+    if rng.random() < 0.5:                                                 # gradient
+        f = 2 * t - 1
+    else:                                                                  # broad bands
+        f = np.cos(2 * np.pi * rng.uniform(0.5, 2.0) * t + rng.uniform(0, 2 * np.pi))
+    gain = 1 + rng.uniform(*cfg.variation_gain) * f
+    if rng.random() < 0.5:                                                 # glare
+        width, length = rng.uniform(0.03, 0.15), rng.uniform(0.3, 1.0)
+        d_along = along - rng.uniform(along.min(), along.max())
+        d_across = across - rng.uniform(across.min(), across.max())
+        gain += rng.uniform(*cfg.variation_glare) * np.exp(-0.5 * ((d_along / width) ** 2 + (d_across / length) ** 2))
+    return _to_uint8(image.astype(np.float32) * gain[..., None])
 
 
 _CORRUPTIONS: dict[str, Callable[[np.ndarray, CorruptionConfig, np.random.Generator],

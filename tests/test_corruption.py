@@ -248,3 +248,48 @@ def test_an_intensity_shift_darkens_or_brightens_the_corrupted_region_as_a_whole
         both = a.mask & b.mask  # the same shapes were drawn; the shift moved them as one
         delta = b.image[both].astype(float) - a.image[both].astype(float)
         assert 19 <= abs(delta.mean()) <= 41
+
+
+VARIED = CorruptionConfig(clean_share=1.0, variation_share=1.0)  # lighting variation only
+
+
+def test_lighting_variation_changes_the_clean_image_but_labels_nothing() -> None:
+    image = _texture(4, 64)
+    for index in range(20):
+        s = corrupt_seeded(image, VARIED, seed=1, index=index)
+        assert s.kind == "clean" and not s.mask.any()
+        assert np.array_equal(s.image, s.clean)                 # the target is the varied image
+        assert np.abs(s.clean.astype(int) - image.astype(int)).max() >= 3
+
+
+def test_corruptions_drawn_on_a_varied_image_are_labelled_against_it() -> None:
+    image = _texture(5, 64)
+    cfg = dataclasses.replace(VARIED, clean_share=0.0)
+    for index in range(30):
+        s = corrupt_seeded(image, cfg, seed=2, index=index)
+        assert s.mask.any() and not np.array_equal(s.clean, image)
+        assert np.array_equal(s.mask, _changed(s))
+        assert np.array_equal(s.image[~s.mask], s.clean[~s.mask])
+
+
+def test_lighting_variation_is_a_smooth_change_of_brightness_that_keeps_grey_grey() -> None:
+    flat = np.full((128, 128, 3), 100, dtype=np.uint8)
+    for index in range(30):
+        varied = corrupt_seeded(flat, VARIED, seed=3, index=index).clean
+        assert np.array_equal(varied[..., 0], varied[..., 1]) and np.array_equal(varied[..., 1], varied[..., 2])
+        gain = varied[..., 0].astype(float) / 100
+        assert 1 - 0.3 - 0.01 <= gain.min() and gain.max() <= 1 + 0.3 + 0.8 + 0.01
+        step = max(np.abs(np.diff(gain, axis=0)).max(), np.abs(np.diff(gain, axis=1)).max())
+        assert step <= 0.25 * np.ptp(gain)  # no edge: the change builds up over several pixels
+
+
+def test_lighting_variation_is_off_by_default_and_its_ranges_are_checked() -> None:
+    image = _texture(6, 32)
+    assert CorruptionConfig().variation_share == 0.0
+    assert np.array_equal(corrupt_seeded(image, CorruptionConfig(clean_share=1.0), seed=0, index=0).clean, image)
+    with pytest.raises(ConfigError, match="variation_share"):
+        CorruptionConfig(variation_share=1.5)
+    with pytest.raises(ConfigError, match="variation_gain"):
+        CorruptionConfig(variation_gain=(0.2, 1.0))
+    with pytest.raises(ConfigError, match="variation_glare"):
+        CorruptionConfig(variation_glare=(0.5, 0.1))
