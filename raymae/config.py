@@ -29,6 +29,7 @@ ModelSize = Literal["tiny", "small", "base", "large"]
 Combination = Literal["product", "prob", "recon", "mean"]
 ScoreRule = Literal["max", "mean", "topk"]
 PixelHead = Literal["linear", "fusion", "compare"]
+PixelUpsampling = Literal["patch", "bilinear"]
 Precision = Literal["fp32", "bf16"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,6 +65,10 @@ class ModelConfig:
     # "compare" (as fusion, but the convolutions see the input and its reconstruction side
     # by side, as DRAEM's discriminative network does).
     pixel_head: PixelHead = "linear"
+    # How the pixel head's per-token outputs reach pixel resolution: "patch" (each token
+    # predicts its own p x p pixels, as the paper; maps can show the patch grid) or
+    # "bilinear" (each token predicts one vector, interpolated between token centres).
+    pixel_upsampling: PixelUpsampling = "patch"
     norm_pix_loss: bool = False
 
     def resolved(self) -> "ModelConfig":

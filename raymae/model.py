@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
@@ -117,7 +118,8 @@ class MaskedAutoencoderViT(nn.Module):
             n_heads = cfg.decoder_depth + cfg.stage2_extra_blocks if cfg.deep_supervision else 1
             self.seg_norms = nn.ModuleList([nn.LayerNorm(ddim, eps=1e-6) for _ in range(n_heads)])
             width = 2 if cfg.pixel_head == "linear" else PixelFusion.WIDTH
-            self.seg_heads = nn.ModuleList([nn.Linear(ddim, p * p * width) for _ in range(n_heads)])
+            per_token = width if cfg.pixel_upsampling == "bilinear" else p * p * width
+            self.seg_heads = nn.ModuleList([nn.Linear(ddim, per_token) for _ in range(n_heads)])
             if cfg.pixel_head != "linear":  # "compare" stacks the reconstruction onto the input
                 self.pixel_fusion = PixelFusion(cfg.in_chans * (2 if cfg.pixel_head == "compare" else 1))
 
@@ -282,10 +284,21 @@ class MaskedAutoencoderViT(nn.Module):
             x = blk(x)
             head = i if self.cfg.deep_supervision else (0 if i == len(blocks) - 1 else None)
             if head is not None:
-                seg = self.seg_heads[head](self.seg_norms[head](x))[:, 1:, :]
-                segs.append(self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2))
+                segs.append(self.token_map(self.seg_heads[head](self.seg_norms[head](x))[:, 1:, :]))
         recon = self.unpatchify(self.decoder_pred(self.decoder_norm(x))[:, 1:, :])
         return Stage2Output(recon=recon, logits=self._pixel_logits(segs, imgs, recon))
+
+    def token_map(self, seg: torch.Tensor) -> torch.Tensor:
+        """Pixel head outputs per token (N, L, D) -> (N, C, H, W) at pixel resolution.
+
+        "patch": D = p*p*C, unpatchified. "bilinear": D = C, interpolated between token centres.
+        """
+        if self.cfg.pixel_upsampling == "patch":
+            return self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2)
+        n, tokens, c = seg.shape
+        side = int(tokens ** 0.5)
+        grid = seg.transpose(1, 2).reshape(n, c, side, side)
+        return F.interpolate(grid, scale_factor=self.cfg.patch_size, mode="bilinear", align_corners=False)
 
     def _pixel_logits(self, segs: list[torch.Tensor], imgs: torch.Tensor,
                       recon: torch.Tensor) -> list[torch.Tensor]:

@@ -133,3 +133,30 @@ def test_the_pixel_prior_sets_the_anomalous_probability_the_head_starts_from(pix
         last.weight.zero_()  # leave only the bias: the head's answer before it has learned anything
         prob = model.forward_stage2(torch.randn(2, 3, 32, 32)).anomaly_prob
     assert torch.allclose(prob, torch.full_like(prob, 0.05), atol=1e-6)
+
+
+def test_bilinear_upsampling_leaves_no_patch_grid_in_the_pixel_maps():
+    def largest_steps(upsampling: str) -> tuple[float, float]:
+        """Largest jump between neighbouring pixels, and between neighbouring token outputs."""
+        model = build_model(ModelConfig(**{**CFG.__dict__, "pixel_head": "fusion",
+                                           "pixel_upsampling": upsampling}), stage2=True)
+        seg = torch.randn(1, 16, model.seg_heads[0].out_features)
+        pixels = model.token_map(seg)[0]                                    # (C, 32, 32)
+        tokens = seg[0].reshape(4, 4, -1)
+        return (float(pixels.diff(dim=-1).abs().max()),
+                float(tokens.diff(dim=1).abs().max()))
+
+    pixel_step, token_step = largest_steps("bilinear")
+    assert pixel_step <= token_step / 8 + 1e-5          # a jump between tokens spreads over a patch
+    pixel_step, token_step = largest_steps("patch")
+    assert pixel_step > token_step / 8                  # each token paints its own square
+
+
+def test_bilinear_upsampling_gives_full_resolution_logits_from_one_vector_per_token():
+    cfg = ModelConfig(**{**CFG.__dict__, "pixel_head": "fusion", "pixel_upsampling": "bilinear"})
+    model = build_model(cfg, stage2=True)
+    assert model.seg_heads[0].out_features == model.pixel_fusion.WIDTH
+    out = model.forward_stage2(torch.randn(2, 3, 32, 32))
+    assert [tuple(lg.shape) for lg in out.logits] == [(2, 2, 32, 32)]
+    linear = build_model(ModelConfig(**{**CFG.__dict__, "pixel_upsampling": "bilinear"}), stage2=True)
+    assert linear.forward_stage2(torch.randn(1, 3, 32, 32)).logits[0].shape == (1, 2, 32, 32)
