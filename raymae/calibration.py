@@ -9,6 +9,7 @@ Both use only normal training images that were held back from training:
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from raymae.corruption import corrupt_batch
 from raymae.inference import Predictor
 
 VALIDATION_SEED_OFFSET = 7_919  # corruptions for validation differ from training's
+log = logging.getLogger(__name__)
 
 
 def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
@@ -80,8 +82,14 @@ def calibrate(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
         cfg = dataclasses.replace(cfg, anomaly_map=best_rule(table, cfg.anomaly_map))
         predictor.cfg = cfg
     pred = predictor.predict(normals, batch_size)
-    threshold = float(np.quantile(pred.scores, 1.0 - cfg.calibration.target_fpr, method="higher"))
-    return cfg, Calibration(threshold=threshold, target_fpr=cfg.calibration.target_fpr,
+    target_fpr = cfg.calibration.target_fpr
+    if len(normals) * target_fpr < 1:
+        log.warning("%d held-back normal images cannot resolve a target false-positive rate of %g: the "
+                    "threshold is their highest score, so it flags fewer defects than it could. Hold "
+                    "back at least %d normals (calibration.holdout_fraction) or raise --target-fpr.",
+                    len(normals), target_fpr, int(np.ceil(1 / target_fpr)))
+    threshold = float(np.quantile(pred.scores, 1.0 - target_fpr, method="higher"))
+    return cfg, Calibration(threshold=threshold, target_fpr=target_fpr,
                             normal_scores=normal_statistics(pred.scores),
                             map_max=float(np.quantile(pred.maps, 0.999)) or 1.0,
                             validation=table)

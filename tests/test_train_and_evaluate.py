@@ -40,6 +40,28 @@ def test_the_threshold_is_calibrated_on_held_back_normals(trained_artifact):
     assert c.validation[chosen] == best
 
 
+def test_too_few_held_back_normals_for_the_target_false_positive_rate_are_reported(trained_artifact,
+                                                                                    synthetic_dataset, caplog):
+    from raymae.calibration import calibrate
+    from raymae.train import load_training_data
+
+    cfg = trained_artifact.config
+    cfg = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, select_map_rule=False))
+    holdout = load_training_data(synthetic_dataset, cfg).holdout
+    n = len(holdout)
+
+    def warnings(target_fpr: float) -> list[str]:
+        caplog.clear()
+        at = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, target_fpr=target_fpr))
+        _, c = calibrate(trained_artifact.predictor("cpu"), holdout, at)
+        assert c.normal_scores["n"] == n
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    assert 2 <= n < 10
+    assert any(f"{n} held-back normal images cannot resolve" in m and "at least 10 " in m for m in warnings(0.1))
+    assert warnings(0.5) == []
+
+
 def test_the_map_rule_can_be_judged_on_corruptions_stage2_never_saw(trained_artifact, synthetic_dataset,
                                                                      monkeypatch):
     from raymae import calibration
