@@ -65,7 +65,7 @@ def test_stage2_predicts_a_repaired_image_and_pixel_logits():
     out = model.forward_stage2(torch.randn(2, 3, 32, 32))
     assert out.recon.shape == (2, 3, 32, 32)
     assert len(out.logits) == 1 and out.logits[0].shape == (2, 2, 32, 32)
-    prob = out.anomaly_prob
+    prob = out.anomaly_prob.detach()
     assert prob.shape == (2, 32, 32) and float(prob.min()) >= 0 and float(prob.max()) <= 1
 
 
