@@ -517,8 +517,8 @@ def lighting_variation(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.
     """Normal lighting change of a whole ``(H, W, 3) uint8`` image, with no edges.
 
     The image is multiplied by a smooth gain, as a change of illumination does:
-    ``1 + a * f`` with ``f`` in [-1, 1] varying over at least half the image (a linear
-    gradient, or half a cycle to two cycles of broad bands, in a random direction) and
+    ``1 + a * f`` with ``f`` in [-1, 1] varying slowly (a linear gradient across the image,
+    or half a cycle to two cycles of broad bands, in a random direction) and
     ``a`` from ``cfg.variation_gain``; half the time plus a soft, elongated highlight
     (glare) that brightens its centre by a share from ``cfg.variation_glare``.
     Equal in every channel, so a grey image stays grey.
@@ -539,7 +539,8 @@ def lighting_variation(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.
         width, length = rng.uniform(0.03, 0.15), rng.uniform(0.3, 1.0)
         d_along = along - rng.uniform(along.min(), along.max())
         d_across = across - rng.uniform(across.min(), across.max())
-        gain += rng.uniform(*cfg.variation_glare) * np.exp(-0.5 * ((d_along / width) ** 2 + (d_across / length) ** 2))
+        glare = np.exp(-0.5 * ((d_along / width) ** 2 + (d_across / length) ** 2))
+        gain += rng.uniform(*cfg.variation_glare) * glare
     return _to_uint8(image.astype(np.float32) * gain[..., None])
 
 
