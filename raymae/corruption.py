@@ -450,6 +450,13 @@ def _side(clean: np.ndarray) -> int:
     return min(clean.shape[:2])
 
 
+def _rotated_coordinates(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates along and across direction ``angle``, in shorter sides: two (H, W) float32."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[:h, :w].astype(np.float32) / _side(image)
+    return np.cos(angle) * xx + np.sin(angle) * yy, -np.sin(angle) * xx + np.cos(angle) * yy
+
+
 def random_curve(shape: tuple[int, int], length: float, rng: np.random.Generator) -> np.ndarray:
     """A smooth random curve of about ``length`` pixels: (n, 2) x, y points.
 
@@ -491,9 +498,7 @@ def _region_corruption(clean: np.ndarray, cfg: CorruptionConfig,
     """Change brightness, contrast and sharpness behind a wavy boundary. Returns (image, mask)."""
     h, w = clean.shape[:2]
     side = _side(clean)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / side              # (H, W), ~1 per image side
+    ramp, _ = _rotated_coordinates(clean, rng.uniform(0, 2 * np.pi))     # (H, W), ~1 per image side
     res = (_capped_cells(int(rng.integers(1, 4)), h), _capped_cells(int(rng.integers(1, 4)), w))
     field = ramp + rng.uniform(0.05, 0.4) * perlin_noise((h, w), res, rng)  # a wavy, sometimes closed boundary
     level = np.quantile(field, 1 - rng.uniform(*cfg.region_area))
@@ -523,12 +528,7 @@ def lighting_variation(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.
     (glare) that brightens its centre by a share from ``cfg.variation_glare``.
     Equal in every channel, so a grey image stays grey.
     """
-    h, w = image.shape[:2]
-    side = _side(image)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    angle = rng.uniform(0, 2 * np.pi)
-    along = (np.cos(angle) * xx + np.sin(angle) * yy) / side             # (H, W), ~1 per image side
-    across = (-np.sin(angle) * xx + np.cos(angle) * yy) / side
+    along, across = _rotated_coordinates(image, rng.uniform(0, 2 * np.pi))
     t = (along - along.min()) / max(float(np.ptp(along)), 1e-6)            # (H, W) in [0, 1]
     if rng.random() < 0.5:                                                 # gradient
         f = 2 * t - 1
