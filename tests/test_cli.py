@@ -1,10 +1,12 @@
 """The command line: clear messages for wrong input, and evaluate's outputs."""
 
+import dataclasses
 import json
 
 import pytest
 
 from raymae.cli import main, recipe_from_args, build_parser
+from raymae.config import unseen_corruption
 
 
 def run(capsys, *argv):
@@ -50,6 +52,13 @@ def test_flags_override_the_config_file(tmp_path):
     cfg = recipe_from_args(args)
     assert (cfg.stage1.epochs, cfg.stage1.mask_ratio, cfg.stage2.epochs, cfg.model.size) == (7, 0.5, 4, "small")
     assert cfg.model.pixel_head == "fusion" and not cfg.stage2.freeze_encoder
+
+
+def test_a_config_file_that_sets_part_of_a_section_keeps_the_defaults_of_the_rest(tmp_path):
+    (tmp_path / "recipe.json").write_text(json.dumps({"calibration": {"validation_corruption": {"line_share": 0.3}}}))
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(tmp_path / "recipe.json")])
+    validation = recipe_from_args(args).calibration.validation_corruption
+    assert validation == dataclasses.replace(unseen_corruption(), line_share=0.3)
 
 
 def test_evaluate_prints_a_table_and_writes_its_files(capsys, trained_artifact, synthetic_dataset, tmp_path):
