@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = recipe_from_args(args)
+    if cfg.stage2.freeze_encoder and not args.init:
+        print("raymae train: note: stage 2 keeps the encoder frozen (the paper's setting, made for a pretrained "
+              "MAE), but no --init gives one; with an encoder trained from scratch, --train-encoder usually "
+              "detects better (README, Benchmarks)", file=sys.stderr)
     if args.local:
         from raymae.train import train_local
 

@@ -20,6 +20,14 @@ def test_train_on_a_missing_folder_says_so(capsys, tmp_path):
     assert code == 2 and "data folder not found" in err
 
 
+def test_training_a_frozen_encoder_from_scratch_suggests_training_it(capsys, tmp_path):
+    missing = ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]
+    _, _, err = run(capsys, "train", *missing)
+    assert "--train-encoder usually detects better" in err
+    _, _, err = run(capsys, "train", *missing, "--train-encoder")
+    assert "--train-encoder usually" not in err
+
+
 def test_train_on_an_empty_train_good_says_so(capsys, tmp_path):
     (tmp_path / "d" / "train" / "good").mkdir(parents=True)
     code, _, err = run(capsys, "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m"))
