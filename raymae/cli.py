@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from raymae.data import list_train
+
     cfg = recipe_from_args(args)
+    list_train(args.data)  # fail fast with a clear message, before the note below or a Ray start
     if cfg.stage2.freeze_encoder and not args.init:
         print("raymae train: note: stage 2 keeps the encoder frozen (the paper's setting, made for a pretrained "
               "MAE), but no --init gives one; with an encoder trained from scratch, --train-encoder usually "
@@ -188,10 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         artifact = train_local(args.data, cfg, "cuda" if args.gpu else "cpu", args.init)
         artifact.save(args.out)
     else:
-        from raymae.data import list_train
         from raymae.ray_train import TrainJob, run_training
 
-        list_train(args.data)  # fail fast on the driver with a clear message
         _init_ray()
         artifact = run_training(TrainJob(args.data, args.out, cfg, args.workers, args.gpu, args.init,
                                          args.storage, args.run_name, args.max_failures))

@@ -20,12 +20,26 @@ def test_train_on_a_missing_folder_says_so(capsys, tmp_path):
     assert code == 2 and "data folder not found" in err
 
 
-def test_training_a_frozen_encoder_from_scratch_suggests_training_it(capsys, tmp_path):
-    missing = ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]
-    _, _, err = run(capsys, "train", *missing)
-    assert "--train-encoder usually detects better" in err
-    _, _, err = run(capsys, "train", *missing, "--train-encoder")
-    assert "--train-encoder usually" not in err
+def test_a_missing_folder_is_the_only_thing_train_says(capsys, tmp_path):
+    _, _, err = run(capsys, "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
+    [line] = err.strip().splitlines()
+    assert line.startswith("raymae train: error: data folder not found")
+
+
+class TrainingStarted(Exception):
+    pass
+
+
+def test_training_a_frozen_encoder_from_scratch_suggests_training_it(capsys, tmp_path, monkeypatch,
+                                                                     synthetic_dataset):
+    def start(*args, **kwargs):
+        raise TrainingStarted
+
+    monkeypatch.setattr("raymae.train.train_local", start)
+    for extra, noted in (((), True), (("--train-encoder",), False)):
+        with pytest.raises(TrainingStarted):
+            main(["train", "--data", synthetic_dataset, "--out", str(tmp_path / "m"), "--local", *extra])
+        assert ("--train-encoder usually detects better" in capsys.readouterr().err) is noted
 
 
 def test_train_on_an_empty_train_good_says_so(capsys, tmp_path):
