@@ -23,7 +23,7 @@ import timm  # noqa: E402,F401
 
 T_TIMM = time.time()
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from quality import RECIPES  # noqa: E402
+from raymae.recipes import RECIPES, recipe  # noqa: E402
 
 from raymae.corruption import corrupt_seeded  # noqa: E402
 from raymae.inference import Predictor  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> int:
     p.add_argument("--corruption-only", action="store_true",
                    help="stop after the corruption throughput (a CPU measurement, no model)")
     args = p.parse_args()
-    cfg = RECIPES[args.recipe]
+    cfg = recipe(args.recipe)
     device = torch.device(args.device)
     out = {"import_torch_s": T_TORCH - T0, "import_timm_s": T_TIMM - T_TORCH,
            "import_raymae_s": T_RAYMAE - T_TIMM}

@@ -34,45 +34,21 @@ import numpy as np
 import torch
 
 from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map
-from raymae.config import (AnomalyMapConfig, CorruptionConfig, ModelConfig, RaymaeConfig,
-                           Stage1Config, Stage2Config)
+from raymae.config import RaymaeConfig
+from raymae.recipes import RECIPES, recipe
 from raymae.corruption import corrupt_seeded
 from raymae.evaluate import compute_metrics, evaluate, format_table
 from raymae.metrics import image_metrics
 from raymae.train import load_training_data, train_local
-from raymae.training import train_two_stages
+from raymae.training import resolve_schedules, train_two_stages
 
 RESULTS = Path(__file__).parent / "results"
-
-RECIPES: dict[str, RaymaeConfig] = {
-    # fits in 45 minutes on 2 CPU cores
-    "cpu": RaymaeConfig(
-        model=ModelConfig(size="tiny", image_size=128, patch_size=8, depth=6, decoder_depth=2,
-                          stage2_extra_blocks=2, pixel_head="fusion"),
-        stage1=Stage1Config(epochs=40, batch_size=32, lr=1.5e-3, warmup_epochs=3),
-        stage2=Stage2Config(epochs=40, batch_size=32, lr=4e-3, warmup_epochs=2, freeze_encoder=False),
-        corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=4),
-        anomaly_map=AnomalyMapConfig(sigma=2.0),
-    ),
-    # ViT-B at 224 px, patch 16, bf16 autocast, for a GPU
-    "gpu": RaymaeConfig(
-        model=ModelConfig(size="base", image_size=224, patch_size=16, stage2_extra_blocks=2,
-                          pixel_head="fusion"),
-        stage1=Stage1Config(epochs=300, batch_size=128, lr=1e-3, warmup_epochs=20, grad_clip=1.0),
-        stage2=Stage2Config(epochs=100, batch_size=64, lr=5e-4, warmup_epochs=5, grad_clip=1.0,
-                            freeze_encoder=False),
-        corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=5),
-        anomaly_map=AnomalyMapConfig(sigma=4.0),
-        precision="bf16",
-    ),
-}
-
 
 def epoch_seconds(cfg: RaymaeConfig, images, device: str, loader_workers: int) -> dict[str, float]:
     """Seconds per epoch of each stage on this machine: the second of two throwaway epochs."""
     probe = dataclasses.replace(
-        cfg, stage1=dataclasses.replace(cfg.stage1, epochs=2, warmup_epochs=1),
-        stage2=dataclasses.replace(cfg.stage2, epochs=2, warmup_epochs=1))
+        cfg, stage1=dataclasses.replace(cfg.stage1, epochs=2, steps=0, warmup_epochs=1),
+        stage2=dataclasses.replace(cfg.stage2, epochs=2, steps=0, warmup_epochs=1))
     seconds: dict[str, float] = {}
 
     def hook(result, model, optimizer) -> None:
@@ -84,11 +60,13 @@ def epoch_seconds(cfg: RaymaeConfig, images, device: str, loader_workers: int) -
 
 def fit_to_budget(cfg: RaymaeConfig, seconds: dict[str, float], budget_s: float,
                   stage1_share: float) -> RaymaeConfig:
-    """Epoch counts that fill ``budget_s`` (warm-up kept as the recipe's share of each stage)."""
+    """Epoch counts that fill ``budget_s`` (warm-up kept as the recipe's share of each stage).
+
+    ``cfg``'s stages must already be resolved to epochs (``resolve_schedules``)."""
     def fit(stage, share: float, per_epoch: float):
         epochs = max(1, int(budget_s * share / per_epoch))
         warmup = max(1, round(epochs * stage.warmup_epochs / max(stage.epochs, 1)))
-        return dataclasses.replace(stage, epochs=epochs, warmup_epochs=min(warmup, epochs))
+        return dataclasses.replace(stage, epochs=epochs, steps=0, warmup_epochs=min(warmup, epochs))
 
     return dataclasses.replace(cfg, stage1=fit(cfg.stage1, stage1_share, seconds["stage1"]),
                                stage2=fit(cfg.stage2, 1.0 - stage1_share, seconds["stage2"]))
@@ -146,6 +124,31 @@ def ablation(artifact, test, device: str) -> dict:
     return rows
 
 
+def with_lighting_drift(images: np.ndarray, labels: np.ndarray, gain: float) -> np.ndarray:
+    """The test images with every *normal* one's brightness multiplied by ``gain`` (clipped to 0-255),
+    the defective ones left as they are: a lamp that aged between the normal and the defect photos."""
+    out = images.copy()
+    normal = labels == 0
+    out[normal] = np.clip(np.rint(images[normal].astype(np.float32) * gain), 0, 255).astype(np.uint8)
+    return out
+
+
+DRIFTS = {"normals_8pct_darker": 0.92, "normals_8pct_brighter": 1.08}
+
+
+def lighting_drift(artifact, test, device: str, unchanged: dict) -> dict:
+    """Image and pixel AUROC when the normal test images are 8 % darker or brighter, and the change
+    against the unchanged test set (a global lighting change must not read as an anomaly)."""
+    predictor = artifact.predictor(device)
+    rows = {}
+    for name, gain in DRIFTS.items():
+        pred = predictor.predict(with_lighting_drift(test.images, test.labels, gain))
+        row = compute_metrics(test.labels, pred.scores, test.masks, pred.maps)
+        rows[name] = {"gain": gain, "image_auroc": row["image_auroc"], "pixel_auroc": row["pixel_auroc"],
+                      "image_auroc_change": row["image_auroc"] - unchanged["image_auroc"]}
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = RECIPES[args.recipe].to_dict()
+    cfg = recipe(args.recipe).to_dict()
     for item in args.set:
         key, value = item.split("=", 1)
         *sections, name = key.split(".")
@@ -182,7 +185,8 @@ def main(argv=None) -> int:
     probe = None
     if args.budget_minutes:
         probe = epoch_seconds(cfg, training.train, args.device, args.loader_workers)
-        cfg = fit_to_budget(cfg, probe, args.budget_minutes * 60, args.stage1_share)
+        cfg = fit_to_budget(resolve_schedules(cfg, len(training.train)), probe, args.budget_minutes * 60,
+                            args.stage1_share)
         print(f"probe: {probe} s/epoch -> stage 1 {cfg.stage1.epochs} epochs, "
               f"stage 2 {cfg.stage2.epochs} epochs", flush=True)
     out = Path(args.out) if args.out else RESULTS / f"quality-{machine_tag()}.json"
@@ -217,10 +221,13 @@ def main(argv=None) -> int:
     eval_start = time.time()
     result, test, _ = evaluate(artifact, args.data, args.device)
     print(format_table(result))
-    save("evaluated; ablation running", map_rule_chosen_on_validation=result.map_rule,
+    save("evaluated; lighting drift running", map_rule_chosen_on_validation=result.map_rule,
          metrics=result.metrics, per_type=result.per_type,
          threshold={"value": result.threshold, **result.extra}, test_images=result.n_images,
          evaluate_seconds=round(time.time() - eval_start, 1))
+    drift_start = time.time()
+    save("evaluated; map-rule ablation running", lighting_drift=lighting_drift(artifact, test, args.device, result.metrics),
+         lighting_drift_seconds=round(time.time() - drift_start, 1))
     ablation_start = time.time()
     save("complete", test_ablation_map_rules=ablation(artifact, test, args.device),
          ablation_seconds=round(time.time() - ablation_start, 1))

@@ -33,7 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from quality import RECIPES, machine, machine_tag  # noqa: E402
+from quality import machine, machine_tag  # noqa: E402
+from raymae.recipes import recipe  # noqa: E402
 
 
 # ------------------------------------------------------------------ helpers
@@ -42,7 +43,7 @@ def make_model(out: str) -> str:
     from raymae.artifact import Calibration, ModelArtifact
     from raymae.model import build_model
 
-    cfg = RECIPES["cpu"]
+    cfg = recipe("cpu")
     model = build_model(cfg.model, stage2=True)
     ModelArtifact(cfg, model.state_dict(), Calibration(threshold=0.5, target_fpr=0.01,
                                                        normal_scores={"n": 0})).save(out)

@@ -3,6 +3,13 @@
 R is the per-pixel reconstruction error, P the per-pixel anomaly probability.
 The paper multiplies P by the per-image min-max normalised R and smooths the
 result with a Gaussian (sigma = 4); other rules are here for comparison.
+
+The ``normal_*`` combinations are referenced to normal images (EfficientAD,
+arXiv 2303.14535): R and P are each rescaled so that the 0.9 and 0.995 quantiles
+of the held-back normal images' maps become 0 and 0.1, then averaged or the
+larger taken. Unlike a per-image min-max, this keeps how far an image as a whole
+lies from normal. Calibration measures those quantiles and stores them in the
+:class:`AnomalyMapConfig` (``normal_recon``, ``normal_prob``).
 All functions take and return torch tensors of shape (N, H, W).
 """
 
@@ -10,13 +17,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from raymae.config import AnomalyMapConfig
 
-COMBINATIONS = ("product", "prob", "recon", "mean")
-SCORE_RULES = ("max", "mean", "topk")
+COMBINATIONS = ("product", "prob", "recon", "mean", "isstad", "normal_mean", "normal_max")
+NORMAL_QUANTILES = (0.9, 0.995)  # EfficientAD's: where normal maps sit, and where they rarely reach
+SCORE_RULES = ("max", "mean", "topk", "pool")
+
+ISSTAD_SIGMA = 4.0  # the released ISSTAD code smooths P, R and their product with sigma 4 each
 
 
 def minmax_per_image(x: torch.Tensor) -> torch.Tensor:
@@ -27,8 +38,31 @@ def minmax_per_image(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp(min=1e-12)
 
 
-def combine(recon_error: torch.Tensor, prob: torch.Tensor, combination: str) -> torch.Tensor:
-    """(N, H, W) R and P -> (N, H, W) raw anomaly map."""
+def normal_quantiles(maps: torch.Tensor | np.ndarray) -> tuple[float, float]:
+    """The NORMAL_QUANTILES of all pixels of normal images' (N, H, W) maps."""
+    values = np.asarray(maps, dtype=np.float64).ravel()
+    low, high = np.quantile(values, NORMAL_QUANTILES)
+    return float(low), float(high)
+
+
+def scale_to_normal(x: torch.Tensor, quantiles: tuple[float, float]) -> torch.Tensor:
+    """(N, H, W) map in units of normal images: their quantiles become 0 and 0.1 (EfficientAD)."""
+    low, high = quantiles
+    return 0.1 * (x - low) / max(high - low, 1e-12)
+
+
+def combine(recon_error: torch.Tensor, prob: torch.Tensor, combination: str,
+            cfg: AnomalyMapConfig | None = None) -> torch.Tensor:
+    """(N, H, W) R and P -> (N, H, W) raw anomaly map.
+
+    The ``normal_*`` combinations need ``cfg`` with the normal-map quantiles set.
+    """
+    if combination in ("normal_mean", "normal_max"):
+        if cfg is None or cfg.normal_recon is None or cfg.normal_prob is None:
+            raise ValueError(f"the {combination!r} map needs the normal-map quantiles that calibration "
+                             "stores (anomaly_map.normal_recon and normal_prob)")
+        r, p = scale_to_normal(recon_error, cfg.normal_recon), scale_to_normal(prob, cfg.normal_prob)
+        return 0.5 * (r + p) if combination == "normal_mean" else torch.maximum(r, p)
     if combination == "product":
         return prob * minmax_per_image(recon_error)
     if combination == "prob":
@@ -37,6 +71,8 @@ def combine(recon_error: torch.Tensor, prob: torch.Tensor, combination: str) -> 
         return recon_error
     if combination == "mean":
         return 0.5 * (prob + minmax_per_image(recon_error))
+    if combination == "isstad":  # G(P) * G(R), smoothed once more by make_anomaly_map
+        return gaussian_smooth(prob, ISSTAD_SIGMA) * gaussian_smooth(recon_error, ISSTAD_SIGMA)
     raise ValueError(f"unknown combination {combination!r}; choose one of {COMBINATIONS}")
 
 
@@ -55,8 +91,18 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1)
 
 
-def image_score(maps: torch.Tensor, rule: str, topk_fraction: float = 0.01) -> torch.Tensor:
-    """(N, H, W) maps -> (N,) image scores."""
+def image_score(maps: torch.Tensor, rule: str, topk_fraction: float = 0.01,
+                pool_fraction: float = 0.08) -> torch.Tensor:
+    """(N, H, W) maps -> (N,) image scores.
+
+    max, mean, topk (mean of the top ``topk_fraction`` of pixels), or pool: the largest
+    mean over a square window ``pool_fraction`` of the side wide (DRAEM's 21 x 21 average
+    pool at 256 px), so one hot pixel counts less than a hot area.
+    """
+    if rule == "pool":
+        k = max(1, int(round(pool_fraction * maps.shape[-1]))) | 1  # odd, so the window is centred
+        pooled = F.avg_pool2d(maps.unsqueeze(1), k, stride=1, padding=k // 2, count_include_pad=False)
+        return pooled.flatten(1).max(dim=1).values
     flat = maps.flatten(1)
     if rule == "max":
         return flat.max(dim=1).values
@@ -71,5 +117,5 @@ def image_score(maps: torch.Tensor, rule: str, topk_fraction: float = 0.01) -> t
 def make_anomaly_map(recon_error: torch.Tensor, prob: torch.Tensor,
                      cfg: AnomalyMapConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """R, P -> (smoothed anomaly maps (N, H, W), image scores (N,))."""
-    maps = gaussian_smooth(combine(recon_error, prob, cfg.combination), cfg.sigma)
-    return maps, image_score(maps, cfg.score_rule, cfg.topk_fraction)
+    maps = gaussian_smooth(combine(recon_error, prob, cfg.combination, cfg), cfg.sigma)
+    return maps, image_score(maps, cfg.score_rule, cfg.topk_fraction, cfg.pool_fraction)

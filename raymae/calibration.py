@@ -1,6 +1,8 @@
 """Choosing the anomaly-map rule and the decision threshold without labels.
 
-Both use only normal training images that were held back from training:
+All use only normal training images that were held back from training:
+* what their maps look like (the quantiles of R and P the ``normal_*`` maps are
+  scaled by), stored in the config's ``anomaly_map``;
 * the map rule (combination x image-score rule) is chosen on those images
   against synthetic corruptions of them (never on the test set);
 * the threshold is the (1 - target_fpr) quantile of their image scores.
@@ -15,35 +17,37 @@ import numpy as np
 import torch
 
 from raymae import metrics
-from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map
+from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map, normal_quantiles
 from raymae.artifact import Calibration
 from raymae.config import AnomalyMapConfig, RaymaeConfig
 from raymae.corruption import corrupt_batch
-from raymae.inference import Predictor
+from raymae.inference import Predictor, RawMaps
 
 VALIDATION_SEED_OFFSET = 7_919  # corruptions for validation differ from training's
 log = logging.getLogger(__name__)
 
 
 def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
-                     batch_size: int = 32) -> dict[str, dict[str, float]]:
+                     batch_size: int = 32, raw_normals: RawMaps | None = None) -> dict[str, dict[str, float]]:
     """AUROC of every map rule: held-back normals vs their corrupted copies.
 
     The copies follow ``calibration.validation_corruption`` (by default families stage 2
-    never trains on), or stage 2's own corruption when that is None.
+    never trains on), or stage 2's own corruption when that is None. ``cfg.anomaly_map``
+    must hold the normal-map quantiles for the ``normal_*`` rules to be judged.
     """
     corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption,
                                      clean_share=0.0)
     fakes, _, fake_masks = corrupt_batch(normals, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
                                          list(range(len(normals))))
-    raw_n = predictor.raw_maps(normals, batch_size)
+    raw_n = predictor.raw_maps(normals, batch_size) if raw_normals is None else raw_normals
     raw_f = predictor.raw_maps(fakes, batch_size)
     recon = torch.cat([raw_n.recon_error, raw_f.recon_error])
     prob = torch.cat([raw_n.prob, raw_f.prob])
     labels = np.r_[np.zeros(len(normals)), np.ones(len(fakes))]
     masks = np.concatenate([np.zeros_like(fake_masks), fake_masks])
     table = {}
-    for comb in COMBINATIONS:
+    referenced = cfg.anomaly_map.normal_recon is not None
+    for comb in [c for c in COMBINATIONS if referenced or not c.startswith("normal_")]:
         pixel_auroc = None  # the map, and so the pixel AUROC, does not depend on the score rule
         for rule in SCORE_RULES:
             rule_cfg = dataclasses.replace(cfg.anomaly_map, combination=comb, score_rule=rule)
@@ -76,12 +80,16 @@ def calibrate(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
     if len(normals) < 2:
         raise ValueError("calibration needs at least 2 held-back normal images; "
                          "raise calibration.holdout_fraction or add training images")
+    raw = predictor.raw_maps(normals, batch_size)
+    cfg = dataclasses.replace(cfg, anomaly_map=dataclasses.replace(
+        cfg.anomaly_map, normal_recon=normal_quantiles(raw.recon_error), normal_prob=normal_quantiles(raw.prob)))
+    predictor.cfg = cfg
     table = {}
     if cfg.calibration.select_map_rule:
-        table = validation_table(predictor, normals, cfg, batch_size)
+        table = validation_table(predictor, normals, cfg, batch_size, raw)
         cfg = dataclasses.replace(cfg, anomaly_map=best_rule(table, cfg.anomaly_map))
         predictor.cfg = cfg
-    pred = predictor.predict(normals, batch_size)
+    pred = predictor.predict(normals, batch_size, raw=raw)
     target_fpr = cfg.calibration.target_fpr
     if len(normals) * target_fpr < 1:
         log.warning("%d held-back normal images cannot resolve a target false-positive rate of %g: the "

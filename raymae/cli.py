@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
+from raymae.recipes import RECIPES, default_recipe_name, recipe
 from raymae.data import MAX_PIXELS
 from raymae.sources import MAX_FILE_BYTES, MAX_TAR_MEMBERS
 
@@ -36,13 +37,19 @@ _non_negative = _count(0)
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recipe (defaults come from raymae.config, or --config)")
-    g.add_argument("--config", help="JSON file with a full or partial RaymaeConfig")
+    g = p.add_argument_group("recipe (a named recipe, changed by --config, then by these flags)")
+    g.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="cpu: the best measured from scratch on CPUs (default without --gpu); gpu: ViT-B/16 "
+                        "for GPUs (default with --gpu); paper: ISSTAD's frozen encoder, for a pretrained --init")
+    g.add_argument("--config", help="JSON file with a full or partial RaymaeConfig; its \"recipe\" key, "
+                                    "if any, names the recipe it changes")
     g.add_argument("--model-size", choices=sorted(MODEL_SIZES))
     g.add_argument("--image-size", type=_positive)
     g.add_argument("--patch-size", type=_positive)
-    g.add_argument("--stage1-epochs", type=_non_negative)
-    g.add_argument("--stage2-epochs", type=_non_negative)
+    g.add_argument("--stage1-epochs", type=_non_negative, help="stage-1 length in epochs (instead of steps)")
+    g.add_argument("--stage2-epochs", type=_non_negative, help="stage-2 length in epochs (instead of steps)")
+    g.add_argument("--stage1-steps", type=_positive, help="stage-1 length in optimiser steps")
+    g.add_argument("--stage2-steps", type=_positive, help="stage-2 length in optimiser steps")
     g.add_argument("--batch-size", type=_positive, help="per-worker batch size of both stages")
     g.add_argument("--mask-ratio", type=float)
     g.add_argument("--deep-supervision", action="store_true", default=None,
@@ -60,17 +67,27 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace) -> RaymaeConfig:
-    cfg = RaymaeConfig()
-    if args.config:
-        cfg = RaymaeConfig.from_dict(_merge(cfg.to_dict(), json.loads(Path(args.config).read_text())))
+    overrides = _read_config_file(args.config) if args.config else {}
+    name = args.recipe or overrides.pop("recipe", None) or default_recipe_name(getattr(args, "gpu", False))
+    overrides.pop("recipe", None)
+    cfg = recipe(name)
+    if overrides:
+        cfg = RaymaeConfig.from_dict(_merge(cfg.to_dict(), overrides))
     model = {k: v for k, v in dict(size=args.model_size, image_size=args.image_size,
                                    patch_size=args.patch_size,
                                    deep_supervision=args.deep_supervision,
                                    pixel_head=args.pixel_head).items() if v is not None}
     cfg.model = dataclasses.replace(cfg.model, **model)
-    for stage, epochs in ((cfg.stage1, args.stage1_epochs), (cfg.stage2, args.stage2_epochs)):
+    for stage, epochs, steps in ((cfg.stage1, args.stage1_epochs, args.stage1_steps),
+                                 (cfg.stage2, args.stage2_epochs, args.stage2_steps)):
+        if epochs is not None and steps is not None:
+            raise ConfigError("give a stage's length in epochs or in steps, not both")
         if epochs is not None:
-            stage.epochs = epochs
+            stage.epochs, stage.steps = epochs, 0
+            stage.warmup_epochs = min(stage.warmup_epochs, epochs)
+        if steps is not None:
+            stage.steps = steps
+            stage.warmup_steps = min(stage.warmup_steps, steps)
         if args.batch_size is not None:
             stage.batch_size = args.batch_size
     if args.mask_ratio is not None:
@@ -89,6 +106,19 @@ def recipe_from_args(args: argparse.Namespace) -> RaymaeConfig:
         cfg.seed = args.seed
     cfg.model.resolved()  # validates size / patch / widths now, not on the workers
     return cfg
+
+
+def _read_config_file(path: str) -> dict:
+    """The JSON object of a --config file, with a readable error for anything else."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config file {path} must hold a JSON object of settings")
+    return data
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -183,8 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     list_train(args.data)  # fail fast with a clear message, before the note below or a Ray start
     if cfg.stage2.freeze_encoder and not args.init:
         print("raymae train: note: stage 2 keeps the encoder frozen (the paper's setting, made for a pretrained "
-              "MAE), but no --init gives one; with an encoder trained from scratch, --train-encoder usually "
-              "detects better (README, Benchmarks)", file=sys.stderr)
+              "MAE), but no --init gives one; with an encoder trained from scratch, --train-encoder (or the "
+              "cpu or gpu recipe) usually detects better (README, Benchmarks)", file=sys.stderr)
     if args.local:
         from raymae.train import train_local
 

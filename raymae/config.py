@@ -26,14 +26,19 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 }
 
 ModelSize = Literal["tiny", "small", "base", "large"]
-Combination = Literal["product", "prob", "recon", "mean"]
-ScoreRule = Literal["max", "mean", "topk"]
+Combination = Literal["product", "prob", "recon", "mean", "isstad", "normal_mean", "normal_max"]
+ScoreRule = Literal["max", "mean", "topk", "pool"]
 PixelHead = Literal["linear", "fusion", "compare"]
 PixelUpsampling = Literal["patch", "bilinear"]
 Precision = Literal["fp32", "bf16"]
+Intensity = Literal["fixed", "per_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# Smallest change (grey levels) a corruption may label anomalous (raymae.corruption.MIN_CHANGE).
+MIN_LABEL_CHANGE = 2
 
 
 class ConfigError(ValueError):
@@ -91,10 +96,14 @@ class Stage1Config:
     """Masked-autoencoder pre-training on normal images."""
 
     epochs: int = 30
+    # Optimiser steps (global batches); > 0 replaces ``epochs``: the stage runs the whole epochs
+    # that give at least this many steps, so a small set trains as long as a large one.
+    steps: int = 0
     batch_size: int = 32
     lr: float = 1.5e-4  # base learning rate, scaled by global batch / 256 as in MAE
     weight_decay: float = 0.05
-    warmup_epochs: int = 2
+    warmup_epochs: float = 2
+    warmup_steps: int = 0  # the warm-up when ``steps`` is set
     mask_ratio: float = 0.75
     grad_clip: float = 0.0  # largest global gradient norm per step; 0 = no clipping
 
@@ -104,10 +113,12 @@ class Stage2Config:
     """Incremental self-supervised stage: repair and classify corrupted pixels."""
 
     epochs: int = 20
+    steps: int = 0        # as Stage1Config.steps
     batch_size: int = 32
     lr: float = 1.5e-4
     weight_decay: float = 0.05
-    warmup_epochs: int = 1
+    warmup_epochs: float = 1
+    warmup_steps: int = 0
     grad_clip: float = 0.0  # largest global gradient norm per step; 0 = no clipping
     freeze_encoder: bool = True
     ce_weight: float = 1.0
@@ -164,6 +175,20 @@ class CorruptionConfig:
     region_area: tuple[float, float] = (0.1, 0.6)      # fraction of the image
     region_offset: tuple[float, float] = (6.0, 30.0)   # grey levels, darker or brighter
     region_edge: tuple[float, float] = (0.005, 0.03)   # edge softness, fraction of the side
+    # (e) natural synthetic anomalies (NSA, Schlueter et al. 2022): 1..natural_patches patches cut
+    # from *another* normal image, each with its own size (a fraction of the shorter side per
+    # axis) and rescaled by a factor in natural_scale, Poisson-blended (a sparse solve with SciPy)
+    # into a random place, so no edge gives them away. Labelled where the blended result differs
+    # from the clean image by more than natural_label_threshold grey levels (3x3 mean of the
+    # channel-mean change): a pasted piece of identical surface is no defect.
+    natural_share: float = 0.0        # of the corrupted ones, share using natural anomalies
+    natural_patches: int = 3
+    natural_size: tuple[float, float] = (0.04, 0.25)
+    natural_scale: tuple[float, float] = (0.7, 1.3)
+    natural_label_threshold: float = 8.0
+    # Darken or brighten a soft-edged blob inside each natural patch by this many grey levels before
+    # blending (textured spots, holes, stains without a hard edge); (0, 0) = plain NSA.
+    natural_intensity: tuple[float, float] = (0.0, 0.0)
     # Normal lighting variation, left unlabelled: this share of samples (clean or corrupted)
     # first gets a smooth gain over the whole image (a brightness gradient or broad shading
     # bands) and, half the time, a soft highlight band (glare). It changes the clean target
@@ -175,15 +200,24 @@ class CorruptionConfig:
     def __post_init__(self) -> None:
         shares = {"clean_share": self.clean_share, "perlin_share": self.perlin_share,
                   "line_share": self.line_share, "region_share": self.region_share,
-                  "variation_share": self.variation_share}
+                  "natural_share": self.natural_share, "variation_share": self.variation_share}
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"corruption.{name} must be between 0 and 1, not {value}")
-        taken = self.perlin_share + self.line_share + self.region_share
+        taken = self.perlin_share + self.line_share + self.region_share + self.natural_share
         if taken > 1.0 + 1e-9:
             raise ConfigError(
-                "corruption.perlin_share + line_share + region_share must be at most 1 (the rest is "
-                f"self-sourced), not {taken:g}")
+                "corruption.perlin_share + line_share + region_share + natural_share must be at most 1 "
+                f"(the rest is self-sourced), not {taken:g}")
+        if not 0.0 < self.natural_size[0] <= self.natural_size[1] <= 1.0:
+            raise ConfigError("corruption.natural_size must be a range (low, high) of fractions of the "
+                              f"image side with 0 < low <= high <= 1, not {self.natural_size}")
+        if not 0.0 < self.natural_scale[0] <= self.natural_scale[1]:
+            raise ConfigError("corruption.natural_scale must be a range (low, high) with 0 < low <= high, "
+                              f"not {self.natural_scale}")
+        if self.natural_patches < 1 or self.natural_label_threshold < MIN_LABEL_CHANGE:
+            raise ConfigError("corruption.natural_patches must be at least 1 and "
+                              f"corruption.natural_label_threshold at least {MIN_LABEL_CHANGE} grey levels")
         if not 0.0 <= self.variation_gain[0] <= self.variation_gain[1] < 1.0:
             raise ConfigError("corruption.variation_gain must be a range (low, high) with "
                               f"0 <= low <= high < 1, not {self.variation_gain}")
@@ -196,10 +230,19 @@ class CorruptionConfig:
 class AnomalyMapConfig:
     """How the reconstruction-error map R and probability map P become one score."""
 
-    combination: Combination = "product"  # product: P * minmax(R) (the paper)
+    # product: P * minmax(R) (the paper); prob: P; recon: R; mean: (P + minmax(R)) / 2;
+    # isstad: G(P) * G(R) with sigma 4 each, as the paper's released code;
+    # normal_mean / normal_max: R and P in units of normal images (below), averaged / the larger.
+    combination: Combination = "product"
     sigma: float = 4.0                     # Gaussian smoothing, pixels at image_size
+    # max, mean, topk, or pool (the largest window mean; DRAEM). ISSTAD's code: isstad + mean.
     score_rule: ScoreRule = "max"
     topk_fraction: float = 0.01            # for score_rule="topk": mean of the top 1 %
+    pool_fraction: float = 0.08            # for score_rule="pool": window side / image side
+    # What normal maps look like: the 0.9 and 0.995 quantiles of R and of P over the held-back
+    # normal images. Measured by calibration (never set by hand); the normal_* maps need them.
+    normal_recon: tuple[float, float] | None = None
+    normal_prob: tuple[float, float] | None = None
 
 
 def unseen_corruption() -> CorruptionConfig:
@@ -240,6 +283,10 @@ class RaymaeConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # "fixed": every image is normalised with mean/std as it is. "per_image": each image's own
+    # intensity mean and spread are standardised first, so a global change of brightness or
+    # contrast (lighting drift) does not change what the model sees.
+    intensity: Intensity = "fixed"
     seed: int = 0
     # Autocast dtype of the training forward passes ("bf16" on GPUs roughly doubles
     # throughput); weights, optimiser state and inference stay float32.

@@ -16,7 +16,12 @@ labelled anomalous. Two families of corruption are used (see
   cracks), darker or brighter than the surface, with anti-aliased edges;
 * **regions** ("region"): a large area behind a wavy, slightly soft boundary
   (uneven shading, stains, worn surface) whose brightness, contrast and
-  sharpness change gently; its inside varies at low frequency.
+  sharpness change gently; its inside varies at low frequency;
+* **natural** ("natural", NSA: Schlueter et al., "Natural Synthetic Anomalies for
+  Self-Supervised Anomaly Detection and Localization", ECCV 2022): patches of
+  random size and aspect cut from *another* normal image (the ``donor``),
+  rescaled, and Poisson-blended (a sparse solve with SciPy) into random places,
+  so the fake defect has no edge; only what really changed is labelled.
 
 Optionally (``variation_share``) the image first gets normal **lighting
 variation** -- a smooth gain over the whole image and sometimes a soft highlight
@@ -30,6 +35,13 @@ Mask invariant
 * every pixel outside the mask is bit-identical to ``clean``;
 * every pixel inside the mask differs from ``clean`` by at least
   :data:`MIN_CHANGE` grey levels in some channel.
+
+The natural family is the one exception to the first rule: Poisson blending
+spreads a faint, smooth change over the whole patch, and cutting it back at the
+label's edge would draw the very seam the blending avoids. There the mask is
+where the change is visible -- the 3x3 mean of the channel-mean change exceeds
+``natural_label_threshold`` -- and the faint rest of the patch stays as blended,
+unlabelled (NSA's thresholded labels).
 
 After a corruption is drawn, mask pixels whose largest absolute channel change
 is below :data:`MIN_CHANGE` are dropped from the mask *and restored* to their
@@ -47,11 +59,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage, special
+from scipy import ndimage, sparse, special
+from scipy.sparse.linalg import splu
 
-from raymae.config import CorruptionConfig
+from raymae.config import MIN_LABEL_CHANGE, CorruptionConfig
 
-MIN_CHANGE = 2        # smallest max-abs channel change (grey levels) that counts as changed
+MIN_CHANGE = MIN_LABEL_CHANGE  # smallest max-abs channel change (grey levels) that counts as changed
 MAX_ATTEMPTS = 8      # corruption draws before falling back to a clean sample
 MIN_PERLIN_CELL = 4   # Perlin cells are kept at least this many pixels wide
 MIN_FOREGROUND = 0.01  # foreground share below which the whole image counts as object
@@ -76,30 +89,43 @@ class CorruptedSample:
 # --------------------------------------------------------------------------- public API
 
 
-def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) -> CorruptedSample:
-    """Corrupt one ``(H, W, 3) uint8`` image, or leave it clean with ``cfg.clean_share``."""
+def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator,
+            donor: np.ndarray | None = None) -> CorruptedSample:
+    """Corrupt one ``(H, W, 3) uint8`` image, or leave it clean with ``cfg.clean_share``.
+
+    ``donor`` is another normal image of the same set (same shape) that natural
+    anomalies cut their patches from; without one they come from the image itself.
+    """
     clean = _as_rgb_uint8(image)
+    donor = clean if donor is None else _as_rgb_uint8(donor)
+    if donor.shape != clean.shape:
+        raise ValueError(f"the donor image {donor.shape} must have the image's shape {clean.shape}")
     if cfg.variation_share > 0 and rng.random() < cfg.variation_share:
         clean = lighting_variation(clean, cfg, rng)
     if rng.random() < cfg.clean_share:
         return _clean_sample(clean)
     kind = _pick_kind(cfg, rng.random())
-    draw = _CORRUPTIONS[kind]
     grey = _is_grey(clean)
     for _ in range(MAX_ATTEMPTS):
-        out, mask = draw(clean, cfg, rng)
+        if kind == "natural":
+            out, mask = natural_anomaly(clean, donor, cfg, rng)
+        else:
+            out, mask = _CORRUPTIONS[kind](clean, cfg, rng)
         if grey:  # a grey camera never sees colour: colour would be a trivial cue
             out = _to_grey(out)
-        out, mask = _enforce_mask_invariant(clean, out, mask)
+        if kind == "natural":
+            mask = _label_natural(clean, out, mask, cfg.natural_label_threshold)
+        else:
+            out, mask = _enforce_mask_invariant(clean, out, mask)
         if mask.any():
             return CorruptedSample(image=out, clean=clean, mask=mask, kind=kind)
     return _clean_sample(clean)
 
 
 def _pick_kind(cfg: CorruptionConfig, u: float) -> str:
-    """The corruption family for a uniform draw ``u``: perlin, line, region, else self."""
+    """The corruption family for a uniform draw ``u``: perlin, line, region, natural, else self."""
     for kind, share in (("perlin", cfg.perlin_share), ("line", cfg.line_share),
-                        ("region", cfg.region_share)):
+                        ("region", cfg.region_share), ("natural", cfg.natural_share)):
         if u < share:
             return kind
         u -= share
@@ -111,20 +137,35 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)))
 
 
-def corrupt_seeded(image: np.ndarray, cfg: CorruptionConfig, seed: int, index: int) -> CorruptedSample:
+def corrupt_seeded(image: np.ndarray, cfg: CorruptionConfig, seed: int, index: int,
+                   donor: np.ndarray | None = None) -> CorruptedSample:
     """:func:`corrupt` with the Generator derived from ``(seed, index)``: reproducible."""
-    return corrupt(image, cfg, sample_rng(seed, index))
+    return corrupt(image, cfg, sample_rng(seed, index), donor)
+
+
+def donor_index(seed: int, index: int, count: int) -> int:
+    """Which other image of ``count`` lends sample ``index`` its natural-anomaly patches.
+
+    Depends only on ``(seed, index)``, like the sample's own Generator, and never is
+    ``index`` itself when there is another image to choose.
+    """
+    if count < 2:
+        return index
+    rng = np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index), 1)))
+    return (index + 1 + int(rng.integers(count - 1))) % count
 
 
 def corrupt_batch(images: np.ndarray, cfg: CorruptionConfig, seed: int,
                   indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Corrupt a batch ``(B, H, W, 3) uint8``; sample ``b`` uses ``(seed, indices[b])``.
 
+    Natural anomalies take their patches from another image of the batch.
     Returns (corrupted (B, H, W, 3) uint8, clean (B, H, W, 3) uint8, masks (B, H, W) bool).
     """
     if len(images) != len(indices):
         raise ValueError(f"{len(images)} images but {len(indices)} indices")
-    samples = [corrupt_seeded(img, cfg, seed, idx) for img, idx in zip(images, indices)]
+    samples = [corrupt_seeded(img, cfg, seed, idx, images[donor_index(seed, b, len(images))])
+               for b, (img, idx) in enumerate(zip(images, indices))]
     return (np.stack([s.image for s in samples]), np.stack([s.clean for s in samples]),
             np.stack([s.mask for s in samples]))
 
@@ -542,6 +583,127 @@ def lighting_variation(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.
         glare = np.exp(-0.5 * ((d_along / width) ** 2 + (d_across / length) ** 2))
         gain += rng.uniform(*cfg.variation_glare) * glare
     return _to_uint8(image.astype(np.float32) * gain[..., None])
+
+
+# --------------------------------------------------------------------------- natural anomalies
+
+
+def _natural_patch_size(side: int, cfg: CorruptionConfig, rng: np.random.Generator) -> int:
+    """One side of a natural patch in pixels: log-uniform in ``natural_size`` (small ones more often)."""
+    lo, hi = np.log(np.array(cfg.natural_size) * side)
+    return max(NATURAL_MIN_SIDE, min(side - 2, int(round(np.exp(rng.uniform(lo, hi))))))
+
+
+def _random_point(allowed: np.ndarray, lo: tuple[int, int], hi: tuple[int, int],
+                  rng: np.random.Generator) -> tuple[int, int] | None:
+    """A random (y, x) with lo <= (y, x) < hi where ``allowed`` (H, W) is True, or None."""
+    window = np.zeros_like(allowed)
+    window[lo[0]:hi[0], lo[1]:hi[1]] = True
+    ys, xs = np.nonzero(allowed & window)
+    if not len(ys):
+        return None
+    pick = int(rng.integers(len(ys)))
+    return int(ys[pick]), int(xs[pick])
+
+
+def natural_anomaly(clean: np.ndarray, donor: np.ndarray, cfg: CorruptionConfig,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Blend 1..natural_patches patches of ``donor`` into ``clean`` (both (H, W, 3) uint8).
+
+    Each patch has its own height and width, is cut where its centre falls on the donor's
+    foreground (``foreground_only``; else anywhere), rescaled by a factor in
+    ``natural_scale`` and Poisson-blended (:func:`poisson_blend`) with its centre on the
+    clean image's foreground. Returns (blended image, (H, W) bool union of the patches),
+    the label still to be cut down to where the change is visible (:func:`_label_natural`).
+    """
+    h, w = clean.shape[:2]
+    side = min(h, w)
+    whole = np.ones((h, w), dtype=bool)
+    fg_dest = estimate_foreground(clean) if cfg.foreground_only else whole
+    fg_src = estimate_foreground(donor) if cfg.foreground_only else whole
+    out = clean.astype(np.float64)
+    placed = np.zeros((h, w), dtype=bool)
+    for _ in range(int(rng.integers(1, cfg.natural_patches + 1))):
+        ph, pw = _natural_patch_size(side, cfg, rng), _natural_patch_size(side, cfg, rng)
+        scale = rng.uniform(*cfg.natural_scale)
+        sh, sw = min(h, max(2, round(ph / scale))), min(w, max(2, round(pw / scale)))  # cut this much
+        src = _random_point(fg_src, (sh // 2, sw // 2), (h - (sh - sh // 2) + 1, w - (sw - sw // 2) + 1), rng)
+        dst = _random_point(fg_dest, (ph // 2, pw // 2), (h - (ph - ph // 2) + 1, w - (pw - pw // 2) + 1), rng)
+        if src is None or dst is None:
+            continue
+        y0, x0 = src[0] - sh // 2, src[1] - sw // 2
+        patch = np.asarray(Image.fromarray(np.ascontiguousarray(donor[y0:y0 + sh, x0:x0 + sw]))
+                           .resize((pw, ph), Image.Resampling.BILINEAR))
+        if cfg.natural_intensity[1] > 0:
+            patch = _soft_blob_shift(patch, cfg.natural_intensity, rng)
+        top, left = dst[0] - ph // 2, dst[1] - pw // 2
+        out[top:top + ph, left:left + pw] = poisson_blend(out[top:top + ph, left:left + pw], patch)
+        placed[top + 1:top + ph - 1, left + 1:left + pw - 1] = True  # the border keeps its pixels
+    return _to_uint8(out), placed & fg_dest
+
+
+def poisson_blend(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Seamless cloning (Perez et al. 2003) of ``source`` into ``target``, both (h, w, C).
+
+    Returns (h, w, C) float64 equal to ``target`` on the rectangle's one-pixel border and,
+    inside, the field whose discrete Laplacian is ``source``'s: the source's texture,
+    carried by a smooth membrane that meets the target's values at the border, so no
+    edge appears. One sparse solve (SciPy's SuperLU) for all channels.
+    """
+    h, w, chans = source.shape
+    ih, iw = h - 2, w - 2
+    if ih < 1 or iw < 1:
+        return target.astype(np.float64)
+    src = source.astype(np.float64)
+    lap = 4 * src[1:-1, 1:-1] - src[:-2, 1:-1] - src[2:, 1:-1] - src[1:-1, :-2] - src[1:-1, 2:]
+    fixed = target.astype(np.float64).copy()
+    fixed[1:-1, 1:-1] = 0.0  # the known border values, moved to the right-hand side
+    known = fixed[:-2, 1:-1] + fixed[2:, 1:-1] + fixed[1:-1, :-2] + fixed[1:-1, 2:]
+    system = (sparse.kron(sparse.eye(ih), _second_difference(iw))
+              + sparse.kron(_second_difference(ih), sparse.eye(iw))).tocsc()
+    inside = splu(system).solve((lap + known).reshape(ih * iw, chans))
+    out = target.astype(np.float64).copy()
+    out[1:-1, 1:-1] = inside.reshape(ih, iw, chans)
+    return out
+
+
+def _second_difference(n: int) -> sparse.spmatrix:
+    """The (n, n) matrix of -f[i-1] + 2 f[i] - f[i+1] (zero outside)."""
+    return sparse.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1])
+
+
+def _soft_blob_shift(patch: np.ndarray, shift_range: tuple[float, float],
+                     rng: np.random.Generator) -> np.ndarray:
+    """Darken (3 times in 4) or brighten a soft-edged ellipse inside an (h, w, 3) uint8 patch.
+
+    The ellipse fills 40-90 % of each axis; its edge is blurred over about a tenth of
+    the patch, so after Poisson blending the patch reads as a textured spot, not a stamp.
+    """
+    h, w = patch.shape[:2]
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    ry, rx = rng.uniform(0.2, 0.45) * h, rng.uniform(0.2, 0.45) * w
+    cy, cx = h / 2 + rng.uniform(-0.5, 0.5) * (h / 2 - ry), w / 2 + rng.uniform(-0.5, 0.5) * (w / 2 - rx)
+    blob = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.float32)
+    blob = ndimage.gaussian_filter(blob, sigma=max(0.7, 0.1 * min(h, w)))
+    delta = rng.uniform(*shift_range) * (-1 if rng.random() < 0.75 else 1)
+    return _to_uint8(patch.astype(np.float32) + (delta * blob)[..., None])
+
+
+NATURAL_MIN_SIDE = 4  # smallest natural patch side (pixels), its one-pixel border included
+
+
+def _label_natural(clean: np.ndarray, out: np.ndarray, placed: np.ndarray,
+                   threshold: float) -> np.ndarray:
+    """(H, W) bool: where a blended patch visibly changed the image.
+
+    Inside the patches, the channel-mean absolute change averaged over 3x3 pixels must
+    exceed ``threshold`` grey levels, and the pixel itself must have changed by at least
+    :data:`MIN_CHANGE`: a label always sits on a changed pixel.
+    """
+    diff = np.abs(out.astype(np.int16) - clean.astype(np.int16))
+    change = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2])
+    visible = ndimage.uniform_filter(_channel_mean(diff), size=3, mode="nearest") > threshold
+    return placed & visible & (change >= MIN_CHANGE)
 
 
 _CORRUPTIONS: dict[str, Callable[[np.ndarray, CorruptionConfig, np.random.Generator],

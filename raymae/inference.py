@@ -16,12 +16,38 @@ from raymae.config import AnomalyMapConfig, RaymaeConfig
 from raymae.model import MaskedAutoencoderViT
 
 
-def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu") -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised with mean/std."""
-    x = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().div_(255.0)
+# Where per-image intensity standardisation puts every image: this mean and spread in [0, 1] units.
+PER_IMAGE_MEAN, PER_IMAGE_STD = 0.45, 0.2
+
+
+def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu",
+                   per_image: bool = False, like: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised with mean/std.
+
+    ``per_image`` first standardises each image's intensity -- its mean and spread over
+    all pixels and channels become PER_IMAGE_MEAN and PER_IMAGE_STD -- so a global change
+    of brightness or contrast (an ageing lamp, another shift's exposure) gives the same
+    input. ``like`` takes those statistics from other images of the same shape instead
+    (stage 2 scales each clean target as its corrupted input was scaled).
+    """
+    x = _unit(images, device)
+    if per_image:
+        ref = x if like is None else _unit(like, device)
+        spread = ref.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0 / 255)
+        x = (x - ref.mean(dim=(1, 2, 3), keepdim=True)) / spread * PER_IMAGE_STD + PER_IMAGE_MEAN
     m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def _unit(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1] on ``device``."""
+    return torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def model_input(cfg: RaymaeConfig, images, device="cpu", like=None) -> torch.Tensor:
+    """:func:`to_model_input` with the recipe's normalisation (``cfg.intensity``)."""
+    return to_model_input(images, cfg.mean, cfg.std, device, cfg.intensity == "per_image", like)
 
 
 def to_unit_range(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -72,7 +98,7 @@ class Predictor:
         self._check(images)
         recon, prob = [], []
         for start in range(0, len(images), batch_size):
-            x = to_model_input(images[start:start + batch_size], self.cfg.mean, self.cfg.std, self.device)
+            x = model_input(self.cfg, images[start:start + batch_size], self.device)
             out = self.model.forward_stage2(x)
             diff = to_unit_range(out.recon, self.cfg.mean, self.cfg.std) - to_unit_range(x, self.cfg.mean, self.cfg.std)
             recon.append((diff ** 2).mean(dim=1).float().cpu())
@@ -80,9 +106,10 @@ class Predictor:
         return RawMaps(torch.cat(recon), torch.cat(prob))
 
     def predict(self, images: np.ndarray, batch_size: int = 32,
-                map_cfg: AnomalyMapConfig | None = None) -> Prediction:
-        """(N, S, S, 3) uint8 -> combined, smoothed maps and image scores."""
-        raw = self.raw_maps(images, batch_size)
+                map_cfg: AnomalyMapConfig | None = None, raw: RawMaps | None = None) -> Prediction:
+        """(N, S, S, 3) uint8 -> combined, smoothed maps and image scores (``raw``: the images'
+        R and P maps when they were computed already)."""
+        raw = self.raw_maps(images, batch_size) if raw is None else raw
         maps, scores = make_anomaly_map(raw.recon_error, raw.prob, map_cfg or self.cfg.anomaly_map)
         return Prediction(maps.numpy().astype(np.float32), scores.numpy().astype(np.float32))
 

@@ -8,6 +8,7 @@ the same loop runs on one CPU or GPU (``raymae.training.fit``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader, Dataset
 
 from raymae.config import RaymaeConfig, Stage1Config, Stage2Config
-from raymae.corruption import corrupt_seeded
-from raymae.inference import to_model_input, to_unit_range
+from raymae.corruption import corrupt_seeded, donor_index
+from raymae.inference import model_input, to_unit_range
 from raymae.model import STAGE2_PREFIXES, MaskedAutoencoderViT, Stage2Output, build_model
 
 
@@ -42,6 +43,9 @@ class NormalImages(Dataset):
 
 class CorruptedImages(Dataset):
     """Stage 2: (corrupted, clean, mask) triples, reproducible per (seed, epoch, index).
+
+    Each sample's natural anomalies come from another training image, the donor, also
+    chosen per (seed, epoch, index), so any DataLoader worker draws the same triple.
 
     The epoch lives in a shared-memory tensor, so persistent DataLoader workers
     (forked once per stage) see every ``set_epoch`` and draw fresh corruptions.
@@ -64,7 +68,8 @@ class CorruptedImages(Dataset):
 
     def __getitem__(self, i: int):
         seed = self.cfg.seed * 100_003 + self.epoch
-        s = corrupt_seeded(self.images[i], self.cfg.corruption, seed, i)
+        donor = self.images[donor_index(seed, i, len(self.images))]  # lends natural anomalies their patches
+        s = corrupt_seeded(self.images[i], self.cfg.corruption, seed, i, donor)
         return torch.from_numpy(s.image), torch.from_numpy(s.clean), torch.from_numpy(s.mask)
 
 
@@ -83,6 +88,32 @@ def learning_rate(stage: Stage1Config | Stage2Config, epoch: float, global_batch
         return peak * epoch / stage.warmup_epochs
     span = max(stage.epochs - stage.warmup_epochs, 1e-8)
     return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - stage.warmup_epochs) / span))
+
+
+def steps_per_epoch(images: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimiser steps in one epoch over ``images`` split across ``world_size`` workers."""
+    per_worker = -(-images // world_size)
+    return max(1, per_worker // batch_size) if per_worker > batch_size else 1
+
+
+def resolve_schedule(stage: Stage1Config | Stage2Config, images: int, world_size: int = 1):
+    """The stage with ``epochs`` and ``warmup_epochs`` worked out from ``steps`` (when set).
+
+    Whole epochs, at least ``steps`` optimiser steps in all; the warm-up keeps its length
+    in steps. A stage sized in epochs is returned as it is.
+    """
+    if stage.steps <= 0:
+        return stage
+    per_epoch = steps_per_epoch(images, stage.batch_size, world_size)
+    epochs = -(-stage.steps // per_epoch)
+    return dataclasses.replace(stage, epochs=epochs,
+                               warmup_epochs=min(stage.warmup_steps / per_epoch, float(epochs)))
+
+
+def resolve_schedules(cfg: RaymaeConfig, images: int, world_size: int = 1) -> RaymaeConfig:
+    """``cfg`` with both stages' epoch counts resolved for this many training images."""
+    return dataclasses.replace(cfg, stage1=resolve_schedule(cfg.stage1, images, world_size),
+                               stage2=resolve_schedule(cfg.stage2, images, world_size))
 
 
 # ------------------------------------------------------------------ losses
@@ -199,13 +230,14 @@ def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim
             group["lr"] = learning_rate(stage_cfg, epoch + step / steps, global_batch)
         with autocast(cfg, device):
             if stage == 1:
-                x = to_model_input(batch.to(device, non_blocking=True), cfg.mean, cfg.std, device)
+                x = model_input(cfg, batch.to(device, non_blocking=True), device)
                 loss, _, _ = model(x, mask_ratio=cfg.stage1.mask_ratio)
                 parts = {}
             else:
                 corrupted, clean, mask = (t.to(device, non_blocking=True) for t in batch)
-                out = model(to_model_input(corrupted, cfg.mean, cfg.std, device))
-                loss, parts = stage2_loss(out, to_model_input(clean, cfg.mean, cfg.std, device), mask, cfg)
+                out = model(model_input(cfg, corrupted, device))
+                target = model_input(cfg, clean, device, like=corrupted)  # scaled as its input was
+                loss, parts = stage2_loss(out, target, mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if stage_cfg.grad_clip > 0:
@@ -246,6 +278,7 @@ def train_two_stages(cfg: RaymaeConfig, images: np.ndarray, device: torch.device
     state = state or TrainState()
     hook = on_epoch_end or (lambda *a: None)
     torch.manual_seed(cfg.seed)
+    cfg = resolve_schedules(cfg, len(images), world_size)
 
     stage1 = build_model(cfg.model, stage2=False)
     if state.stage == 1:

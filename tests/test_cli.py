@@ -32,10 +32,12 @@ def test_training_a_frozen_encoder_from_scratch_suggests_training_it(capsys, tmp
         raise TrainingStarted
 
     monkeypatch.setattr("raymae.train.train_local", start)
-    for extra, noted in (((), True), (("--train-encoder",), False)):
+    for extra, noted in ((("--recipe", "paper"), True), (("--recipe", "paper", "--train-encoder"), False),
+                         ((), False)):  # the default recipe trains the encoder
         with pytest.raises(TrainingStarted):
             main(["train", "--data", synthetic_dataset, "--out", str(tmp_path / "m"), "--local", *extra])
-        assert ("--train-encoder usually detects better" in capsys.readouterr().err) is noted
+        assert ("--train-encoder (or the cpu or gpu recipe) usually detects better"
+                in capsys.readouterr().err) is noted
 
 
 def test_train_on_an_empty_train_good_says_so(capsys, tmp_path):
@@ -72,11 +74,41 @@ def test_flags_override_the_config_file(tmp_path):
     assert cfg.model.pixel_head == "fusion" and not cfg.stage2.freeze_encoder
 
 
+def parsed(*argv):
+    return recipe_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o", *argv]))
+
+
+def test_train_uses_the_recipe_for_the_hardware_unless_told_otherwise(tmp_path):
+    from raymae.recipes import recipe
+
+    assert parsed() == recipe("cpu") and parsed("--gpu") == recipe("gpu")
+    assert parsed("--recipe", "paper") == recipe("paper")
+    (tmp_path / "c.json").write_text(json.dumps({"recipe": "gpu", "stage2": {"lr": 1e-4}}))
+    from_file = parsed("--config", str(tmp_path / "c.json"))
+    assert from_file.model == recipe("gpu").model and from_file.stage2.lr == 1e-4
+    assert parsed("--config", str(tmp_path / "c.json"), "--recipe", "cpu").model == recipe("cpu").model
+
+
+def test_stage_lengths_can_be_given_in_epochs_or_steps_but_not_both():
+    cfg = parsed("--stage1-epochs", "5", "--stage2-steps", "100")
+    assert (cfg.stage1.epochs, cfg.stage1.steps) == (5, 0) and cfg.stage2.steps == 100
+    with pytest.raises(Exception, match="epochs or in steps, not both"):
+        parsed("--stage1-epochs", "5", "--stage1-steps", "100")
+
+
+def test_a_config_file_that_is_not_json_is_explained(capsys, tmp_path):
+    (tmp_path / "c.json").write_text("stage1: 3")
+    code, _, err = run(capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                       "--config", str(tmp_path / "c.json"))
+    assert code == 2 and "is not valid JSON" in err
+
+
 def test_a_config_file_that_sets_part_of_a_section_keeps_the_defaults_of_the_rest(tmp_path):
     (tmp_path / "recipe.json").write_text(json.dumps({"calibration": {"validation_corruption": {"line_share": 0.3}}}))
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(tmp_path / "recipe.json")])
-    validation = recipe_from_args(args).calibration.validation_corruption
-    assert validation == dataclasses.replace(unseen_corruption(), line_share=0.3)
+    cfg = recipe_from_args(args)
+    assert cfg.calibration.validation_corruption == dataclasses.replace(unseen_corruption(), line_share=0.3)
+    assert cfg.model == recipe_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o"])).model
 
 
 def test_evaluate_prints_a_table_and_writes_its_files(capsys, trained_artifact, synthetic_dataset, tmp_path):

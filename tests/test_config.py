@@ -35,3 +35,21 @@ def test_stage2_classification_settings_outside_their_range_are_refused(setting,
     data["stage2"][setting] = value
     with pytest.raises(ConfigError, match=setting):
         RaymaeConfig.from_dict(data)
+
+
+def test_every_named_recipe_is_a_valid_complete_config_that_round_trips():
+    from raymae.recipes import RECIPES, recipe
+
+    for name in RECIPES:
+        cfg = recipe(name)
+        cfg.model.resolved()
+        assert RaymaeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert recipe("cpu") is not recipe("cpu")  # a fresh copy each time: changing one changes no other
+    assert recipe("paper").stage2.freeze_encoder and not recipe("cpu").stage2.freeze_encoder
+
+
+def test_an_unknown_recipe_is_named_with_the_choices():
+    from raymae.recipes import recipe
+
+    with pytest.raises(ConfigError, match="unknown recipe 'fast'; choose one of cpu, gpu, paper"):
+        recipe("fast")

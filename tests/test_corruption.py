@@ -10,10 +10,11 @@ from scipy import ndimage
 
 from raymae.config import ConfigError, CorruptionConfig, RaymaeConfig
 from raymae.corruption import (MIN_CHANGE, CorruptedSample, corrupt, corrupt_batch, corrupt_seeded,
-                               estimate_foreground, perlin_noise)
+                               donor_index, estimate_foreground, perlin_noise)
 from raymae.synthetic import make_texture
 
 ALWAYS = CorruptionConfig(clean_share=0.0)
+NATURAL = CorruptionConfig(clean_share=0.0, perlin_share=0.0, natural_share=1.0)
 ONLY = {  # configs that draw one family of corruption every time
     "self": CorruptionConfig(clean_share=0.0, perlin_share=0.0),
     "perlin": CorruptionConfig(clean_share=0.0, perlin_share=1.0),
@@ -224,13 +225,14 @@ def test_non_rgb_uint8_input_is_refused() -> None:
         corrupt(np.zeros((8, 8, 3), np.float32), ALWAYS, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("kind", sorted(ONLY))
+@pytest.mark.parametrize("kind", sorted([*ONLY, "natural"]))
 def test_corruptions_of_a_grey_image_stay_grey(kind: str):
     grey = np.random.default_rng(1).integers(0, 255, (48, 48), dtype=np.uint8)
     image = np.repeat(grey[..., None], 3, axis=-1)
-    cfg = ONLY[kind]
+    donor = np.repeat(np.random.default_rng(2).integers(0, 255, (48, 48, 1), dtype=np.uint8), 3, axis=-1)
+    cfg = NATURAL if kind == "natural" else ONLY[kind]
     for index in range(30):
-        s = corrupt_seeded(image, cfg, seed=5, index=index)
+        s = corrupt_seeded(image, cfg, seed=5, index=index, donor=donor)
         assert np.array_equal(s.image[..., 0], s.image[..., 1])
         assert np.array_equal(s.image[..., 1], s.image[..., 2])
         assert s.mask.any()
@@ -293,3 +295,124 @@ def test_lighting_variation_is_off_by_default_and_its_ranges_are_checked() -> No
         CorruptionConfig(variation_gain=(0.2, 1.0))
     with pytest.raises(ConfigError, match="variation_glare"):
         CorruptionConfig(variation_glare=(0.5, 0.1))
+
+
+# ------------------------------------------------------------------ natural synthetic anomalies
+
+
+def _smooth_surface(size: int = 64, level: float = 90.0, seed: int = 0) -> np.ndarray:
+    """A gently shaded grey surface with fine grain: (size, size, 3) uint8."""
+    yy, xx = np.mgrid[:size, :size] / size
+    grain = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 6, (size, size)), 1.0)
+    value = level + 30 * xx + 10 * yy + grain
+    return np.repeat(np.clip(np.rint(value), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _stripes(size: int = 64, level: float = 170.0) -> np.ndarray:
+    """A much brighter donor with strong vertical stripes: (size, size, 3) uint8."""
+    xx = np.mgrid[:size, :size][1]
+    value = level + 40 * np.sin(xx * 2 * np.pi / 6)
+    return np.repeat(np.clip(np.rint(value), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _gradient(image: np.ndarray) -> np.ndarray:
+    """(H, W) gradient magnitude of the channel mean, float."""
+    g = image.astype(float).mean(axis=-1)
+    return np.hypot(ndimage.sobel(g, axis=0), ndimage.sobel(g, axis=1))
+
+
+def test_natural_anomalies_label_visibly_changed_pixels_and_nothing_else() -> None:
+    clean, donor = _smooth_surface(), _stripes()
+    cfg = NATURAL
+    labelled = 0
+    for index in range(30):
+        s = corrupt_seeded(clean, cfg, seed=1, index=index, donor=donor)
+        assert s.kind == "natural"
+        diff = np.abs(s.image.astype(int) - clean.astype(int))
+        assert (diff.max(axis=-1)[s.mask] >= MIN_CHANGE).all()           # a label sits on a changed pixel
+        visible = ndimage.uniform_filter(diff.mean(axis=-1).astype(float), 3, mode="nearest")
+        unlabelled = ~s.mask & (diff.max(axis=-1) >= MIN_CHANGE)
+        assert (visible[unlabelled] <= cfg.natural_label_threshold + 1e-9).all()  # no visible change goes unlabelled
+        labelled += s.mask.sum()
+    assert labelled > 0
+
+
+def test_a_pasted_piece_of_identical_surface_is_no_defect() -> None:
+    flat = np.full((48, 48, 3), 120, np.uint8)
+    s = corrupt_seeded(flat, NATURAL, seed=0, index=0, donor=flat.copy())
+    assert s.kind == "clean" and not s.mask.any()
+
+
+def test_natural_anomalies_blend_without_a_seam() -> None:
+    clean, donor = _smooth_surface(), _stripes()
+    own = max(_gradient(clean).max(), _gradient(donor).max())
+    for index in range(20):
+        s = corrupt_seeded(clean, NATURAL, seed=2, index=index, donor=donor)
+        changed = np.abs(s.image.astype(int) - clean.astype(int)).max(axis=-1) > 0
+        border = changed & ~ndimage.binary_erosion(changed)               # the outermost changed pixels
+        assert _gradient(s.image)[border].max() <= 1.05 * own
+    # a plain paste of the same bright donor into the same surface makes a seam that check would catch
+    pasted = clean.copy()
+    pasted[20:40, 20:40] = donor[20:40, 20:40]
+    assert _gradient(pasted)[19:41, 19:41].max() > 1.05 * own
+
+
+def test_natural_anomalies_take_their_texture_from_the_donor() -> None:
+    clean = _smooth_surface()
+    with_stripes = [corrupt_seeded(clean, NATURAL, seed=3, index=i, donor=_stripes()) for i in range(20)]
+    changed = [s for s in with_stripes if s.mask.any()]
+    assert changed
+    for s in changed:  # the stripes' strong horizontal gradients arrive inside the label
+        horizontal = np.abs(np.diff(s.image.astype(float).mean(axis=-1), axis=1))
+        assert horizontal[s.mask[:, 1:]].mean() > 3 * np.abs(np.diff(clean.astype(float).mean(axis=-1), axis=1)).mean()
+
+
+def test_natural_anomalies_are_reproducible_per_seed_index_and_donor() -> None:
+    clean, donor = _smooth_surface(), _stripes()
+    a = corrupt_seeded(clean, NATURAL, seed=4, index=5, donor=donor)
+    corrupt_seeded(clean, NATURAL, seed=4, index=6, donor=donor)
+    b = corrupt_seeded(clean, NATURAL, seed=4, index=5, donor=donor)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.image, corrupt_seeded(clean, NATURAL, seed=4, index=6, donor=donor).image)
+
+
+def test_each_sample_gets_another_image_as_donor_reproducibly() -> None:
+    donors = [donor_index(seed=3, index=i, count=10) for i in range(10)]
+    assert all(d != i and 0 <= d < 10 for i, d in enumerate(donors))
+    assert donors == [donor_index(seed=3, index=i, count=10) for i in range(10)]
+    assert donors != [donor_index(seed=4, index=i, count=10) for i in range(10)]
+    assert donor_index(seed=3, index=0, count=1) == 0  # alone, an image lends its own patches
+
+
+def test_natural_anomalies_stay_on_the_object_with_foreground_only() -> None:
+    image, disc = _disc_on_black()
+    cfg = dataclasses.replace(NATURAL, foreground_only=True)
+    for index in range(20):
+        s = corrupt_seeded(image, cfg, seed=6, index=index, donor=image)
+        assert not (s.mask & ~disc).any()
+
+
+def test_a_soft_intensity_change_makes_natural_anomalies_visible_on_a_uniform_surface() -> None:
+    surface = _smooth_surface(seed=1)
+    plain = [corrupt_seeded(surface, NATURAL, seed=7, index=i, donor=_smooth_surface(seed=2)).mask.mean()
+             for i in range(20)]
+    cfg = dataclasses.replace(NATURAL, natural_intensity=(30.0, 50.0))
+    shifted = [corrupt_seeded(surface, cfg, seed=7, index=i, donor=_smooth_surface(seed=2)) for i in range(20)]
+    assert np.mean([s.mask.mean() for s in shifted]) > 3 * np.mean(plain)
+    for s in shifted:  # the blob changes the brightness as a whole (mostly darker), with no hard edge
+        if s.mask.any():
+            assert abs(float(s.image[s.mask].mean()) - float(s.clean[s.mask].mean())) > 10
+
+
+def test_natural_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="natural_size"):
+        CorruptionConfig(natural_size=(0.3, 0.1))
+    with pytest.raises(ConfigError, match="natural_label_threshold"):
+        CorruptionConfig(natural_label_threshold=0.5)
+    with pytest.raises(ConfigError, match="at most 1"):
+        CorruptionConfig(perlin_share=0.6, natural_share=0.6)
+
+
+def test_a_donor_of_another_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match="donor"):
+        corrupt(_texture(1, 32), NATURAL, np.random.default_rng(0), donor=_texture(1, 48))

@@ -40,6 +40,15 @@ def test_the_threshold_is_calibrated_on_held_back_normals(trained_artifact):
     assert c.validation[chosen] == best
 
 
+def test_calibration_measures_what_normal_maps_look_like_and_judges_the_referenced_rules(trained_artifact):
+    from raymae.anomaly_map import COMBINATIONS, SCORE_RULES
+
+    amap = trained_artifact.config.anomaly_map
+    for low, high in (amap.normal_recon, amap.normal_prob):
+        assert 0.0 <= low < high
+    assert set(trained_artifact.calibration.validation) == {f"{c}/{r}" for c in COMBINATIONS for r in SCORE_RULES}
+
+
 def test_too_few_held_back_normals_for_the_target_false_positive_rate_are_reported(trained_artifact,
                                                                                     synthetic_dataset, caplog):
     from raymae.calibration import calibrate

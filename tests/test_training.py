@@ -165,3 +165,57 @@ def test_gradient_clipping_bounds_each_step(clip, bounded):
     after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
     change = float((after - before).norm())
     assert (change <= clip * 1.001) == bounded, change
+
+
+def test_a_stage_sized_in_steps_gets_the_whole_epochs_that_give_at_least_that_many():
+    from raymae.config import Stage2Config
+    from raymae.training import resolve_schedule, steps_per_epoch
+
+    stage = Stage2Config(steps=840, warmup_steps=42, batch_size=32)
+    assert steps_per_epoch(677, 32) == 21 and steps_per_epoch(188, 32) == 5
+    large, small = resolve_schedule(stage, 677), resolve_schedule(stage, 188)
+    assert (large.epochs, large.warmup_epochs) == (40, 2.0)
+    assert (small.epochs, small.warmup_epochs) == (168, 42 / 5)  # a small set trains as many steps
+    assert resolve_schedule(stage, 677, world_size=2).epochs == 84  # two workers: 10 steps an epoch each
+    by_epochs = Stage2Config(epochs=7)
+    assert resolve_schedule(by_epochs, 677) is by_epochs
+
+
+def test_training_sized_in_steps_runs_that_many_optimiser_steps():
+    cfg = tiny_recipe(stage1_epochs=1, stage2_epochs=1)
+    cfg = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, steps=6, warmup_steps=2),
+                              stage2=dataclasses.replace(cfg.stage2, steps=4, warmup_steps=1))
+    images = np.random.default_rng(0).integers(0, 255, (40, 64, 64, 3), dtype=np.uint8)  # 2 steps an epoch
+    epochs = []
+    train_two_stages(cfg, images, torch.device("cpu"), on_epoch_end=lambda r, m, o: epochs.append(r.stage))
+    assert epochs.count(1) == 3 and epochs.count(2) == 2
+
+
+def test_per_image_intensity_makes_the_input_blind_to_global_brightness_and_contrast():
+    from raymae.inference import to_model_input
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 180, (2, 32, 32, 3)).astype(np.uint8)
+    darker = np.rint(image * 0.92).astype(np.uint8)
+    flatter = np.rint((image.astype(float) - 120) * 0.7 + 130).astype(np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    plain = to_model_input(image, mean, std)
+    assert (to_model_input(darker, mean, std) - plain).abs().mean() > 0.1  # the fixed normalisation sees it
+    for changed in (darker, flatter):
+        same = to_model_input(changed, mean, std, per_image=True) - to_model_input(image, mean, std, per_image=True)
+        assert same.abs().max() < 0.06  # uint8 rounding only
+
+
+def test_stage2_targets_are_scaled_like_their_corrupted_inputs():
+    from raymae.inference import to_model_input
+
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    clean = np.full((1, 16, 16, 3), 100, np.uint8)
+    clean[:, ::2] = 140
+    corrupted = clean.copy()
+    corrupted[:, 4:12, 4:12] = 10  # a large dark defect shifts the corrupted image's statistics
+    target = to_model_input(clean, mean, std, per_image=True, like=corrupted)
+    x = to_model_input(corrupted, mean, std, per_image=True)
+    outside = np.ones((16, 16), bool)
+    outside[4:12, 4:12] = False
+    assert torch.allclose(target[0, :, outside], x[0, :, outside])  # unchanged pixels need no repair
