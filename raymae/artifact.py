@@ -74,8 +74,9 @@ class ModelArtifact:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
-    def predictor(self, device: str | torch.device = "cpu") -> Predictor:
-        return Predictor(self.build_model(), self.config, device)
+    def predictor(self, device: str | torch.device = "cpu", precision: str = "auto") -> Predictor:
+        """The model ready to score on ``device`` (``precision``: see :class:`Predictor`)."""
+        return Predictor(self.build_model(), self.config, device, precision)
 
     # -------------------------------------------------------------- disk
     def save(self, uri: str) -> None:

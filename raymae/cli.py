@@ -14,6 +14,7 @@ from pathlib import Path
 from raymae.config import MODEL_SIZES, ConfigError, RaymaeConfig
 from raymae.recipes import RECIPES, default_recipe_name, recipe
 from raymae.data import MAX_PIXELS
+from raymae.scoring import PRECISIONS
 from raymae.sources import MAX_FILE_BYTES, MAX_TAR_MEMBERS
 
 log = logging.getLogger("raymae")
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for metrics.json, scores.parquet and report.html (local or s3://)")
     e.add_argument("--batch-size", type=_positive, default=32)
     e.add_argument("--gpu", action="store_true")
+    e.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="of the model: auto (default) is bf16 on a GPU, fp32 on CPU")
 
     sc = sub.add_parser("score", help="score image files and tar shards with Ray Data into Parquet",
                         description="Score every image under the inputs and write one Parquet partition "
@@ -162,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True, help="model folder written by raymae train")
     sc.add_argument("--output", required=True, help="dataset root, local or s3://")
     sc.add_argument("--date", required=True, help="the partition to write, YYYY-MM-DD")
-    sc.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
+    sc.add_argument("--batch-size", type=_positive,
+                    help="images per model call (default 32, with --gpu 256)")
     sc.add_argument("--actors", type=_positive, default=1, help="model replicas (default 1)")
     sc.add_argument("--gpu", action="store_true", help="one GPU per model replica")
     sc.add_argument("--cpus-per-actor", type=float, default=1.0,
@@ -170,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--threads-per-actor", type=_positive,
                     help="torch threads of each replica on CPU (default: this machine's cores / --actors)")
     sc.add_argument("--heatmap-size", type=_positive, default=64, help="heatmap PNG side (default 64)")
+    sc.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="of the model: auto (default) is bf16 on a GPU, fp32 on CPU")
+    sc.add_argument("--jpeg-on-device", action="store_true",
+                    help="the model replicas decode JPEGs on their device (nvJPEG with --gpu) instead of CPU "
+                         "tasks decoding everything with Pillow; for when the CPUs cannot keep the GPU busy")
     sc.add_argument("--report", metavar="URI",
                     help="then write the night's HTML report (raymae report) into this folder, local or s3://")
 
@@ -243,7 +252,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from raymae.report.evaluation import build_evaluation_report, write_evaluation_report
 
     artifact = ModelArtifact.load(args.model)
-    result, test, pred = evaluate(artifact, args.data, "cuda" if args.gpu else "cpu", args.batch_size)
+    result, test, pred = evaluate(artifact, args.data, "cuda" if args.gpu else "cpu", args.batch_size,
+                                  precision=args.precision)
     write_outputs(result, test, pred, args.output)
     page = write_evaluation_report(build_evaluation_report(result, test, pred), args.output)
     print(format_table(result))
@@ -258,6 +268,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     opts = ScoreOptions(date=args.date, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                         cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
                         heatmap_size=args.heatmap_size, max_pixels=args.max_pixels,
+                        precision=args.precision, jpeg_on_device=args.jpeg_on_device,
                         max_file_bytes=args.max_file_bytes,
                         max_tar_members=args.max_tar_members)  # checks the date too
     work = plan([u.replace("{date}", opts.date) for u in args.input], args.model,

@@ -74,13 +74,14 @@ def per_type_metrics(test: data.ImageSet, pred: Prediction
 
 
 def evaluate(artifact: ModelArtifact, data_uri: str, device: str = "cpu", batch_size: int = 32,
-             test: data.ImageSet | None = None) -> tuple[EvaluationResult, data.ImageSet, Prediction]:
+             test: data.ImageSet | None = None,
+             precision: str = "auto") -> tuple[EvaluationResult, data.ImageSet, Prediction]:
     test = test or data.load_images(data.list_test(data_uri), artifact.config.model.image_size)
     labels = test.labels
     if labels.min() == labels.max():
         raise data.DataError(f"the test split of {data_uri!r} needs both normal (test/good) "
                              f"and defective images to compute AUROC")
-    pred = artifact.predictor(device).predict(test.images, batch_size)
+    pred = artifact.predictor(device, precision).predict(test.images, batch_size)
     amap = artifact.config.anomaly_map
     overall, curve = metrics_and_pro_curve(labels, pred.scores, test.masks, pred.maps)
     per_type, curves = per_type_metrics(test, pred)

@@ -7,7 +7,8 @@ The pipeline reads top to bottom::
       -> decode_images   CPU tasks: pixels at the model's size, original height/width
       -> ScoreImages     actor pool: the model (GPU if asked), scores and small heatmaps
                          (on CPU the actors decode their own batches: the cores are shared
-                         anyway, and pixels then skip the object store)
+                         anyway, and pixels then skip the object store; with
+                         ``jpeg_on_device`` they decode JPEGs on their GPU)
       -> to_output_rows  CPU tasks: PNG heatmaps, the output schema
       -> write_parquet   into a staging folder, then swapped in as <output>/date=YYYY-MM-DD/
 
@@ -66,13 +67,16 @@ OUTPUT_SCHEMA = pa.schema([
 PARTITION = "date"
 STAGING = "_staging"  # leading underscore: ignored by Spark, pyarrow datasets and Athena
 FILES_PER_GROUP = 32  # loose files per read task when not grouped by the model's batch size
+CPU_BATCH_SIZE = 32   # images per model call on CPU
+GPU_BATCH_SIZE = 256  # on a GPU: a ViT-B/16 batch of 32 takes the H200 a few ms, less than Ray's per-batch cost
+PRECISIONS = ("auto", "fp32", "bf16")  # raymae.inference.PRECISIONS, not imported here: that loads torch
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 @dataclass
 class ScoreOptions:
     date: str
-    batch_size: int = 32            # images per model call
+    batch_size: int | None = None   # images per model call (default CPU_BATCH_SIZE, GPU_BATCH_SIZE with gpu)
     actors: int = 1                 # model replicas (one GPU each with gpu=True)
     gpu: bool = False
     cpus_per_actor: float = 1.0     # CPUs each model replica reserves
@@ -80,20 +84,26 @@ class ScoreOptions:
     heatmap_size: int = 64          # heatmap PNG side in pixels
     decode_batch_size: int = 32
     decode_in_actor: bool | None = None  # default: on CPU yes, with GPUs in separate CPU tasks
+    jpeg_on_device: bool = False    # the actors decode JPEGs on the model's device (raymae.jpeg)
+    precision: str = "auto"         # of the model: fp32, bf16 or auto (bf16 on a GPU; raymae.inference)
     max_pixels: int = MAX_PIXELS            # per image: more is refused as a decompression bomb
     max_file_bytes: int = MAX_FILE_BYTES    # per file or tar member: more is refused unread
     max_tar_members: int = MAX_TAR_MEMBERS  # per tar archive: members beyond are not read
 
     def __post_init__(self):
         self.date = parse_date(self.date)
+        if self.batch_size is None:
+            self.batch_size = GPU_BATCH_SIZE if self.gpu else CPU_BATCH_SIZE
+        if self.precision not in PRECISIONS:
+            raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         for name in ("batch_size", "actors", "heatmap_size", "decode_batch_size", "max_pixels",
                      "max_file_bytes", "max_tar_members"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if not self.cpus_per_actor > 0:
             raise DataError(f"cpus-per-actor must be above 0, not {self.cpus_per_actor}")
-        if self.decode_in_actor is None:
-            self.decode_in_actor = not self.gpu
+        if self.decode_in_actor is None or self.jpeg_on_device:
+            self.decode_in_actor = not self.gpu or self.jpeg_on_device
         if self.threads_per_actor is None:
             # Decoding runs inside the actors on CPU, so the model may use every core
             # (measured: 27.6 vs 21.7 images/s with one thread on 2 cores).
@@ -116,6 +126,9 @@ class ScoreSummary:
     seconds: float
     model_id: str
     skipped: list[str] = field(default_factory=list)
+    # Where the time went: per pipeline stage (Ray Data operator), the seconds its tasks ran
+    # (summed over tasks, so parallel stages add up to more than the wall time) and their count.
+    stages: dict[str, dict] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -224,7 +237,8 @@ class ScoreImages:
     """
 
     def __init__(self, model_uri: str, model_id: str, heatmap_size: int, batch_size: int,
-                 gpu: bool = False, threads: int = 1, decode: dict | None = None):
+                 gpu: bool = False, threads: int = 1, decode: dict | None = None,
+                 jpeg_on_device: bool = False, precision: str = "auto"):
         import torch
 
         from raymae.artifact import ModelArtifact
@@ -235,13 +249,18 @@ class ScoreImages:
                                f"({model_id} -> {artifact.model_id})")
         if not gpu:
             torch.set_num_threads(threads)
-        self.predictor = artifact.predictor("cuda" if gpu else "cpu")
+        self.predictor = artifact.predictor("cuda" if gpu else "cpu", precision)
         self.heatmap_size = heatmap_size
         self.batch_size = batch_size
         self.decode = decode
+        self.jpeg_on_device = jpeg_on_device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.decode is not None:
+        if self.decode is not None and self.jpeg_on_device:
+            from raymae.jpeg import decode_on_device
+
+            batch = decode_on_device(batch, device=self.predictor.device, **self.decode)
+        elif self.decode is not None:
             batch = decode_images(batch, **self.decode)
         n = len(batch["image_uri"])
         ok = np.array([not e for e in batch["error"]], dtype=bool)
@@ -249,9 +268,14 @@ class ScoreImages:
         size = min(self.heatmap_size, self.predictor.image_size)
         maps = np.zeros((n, size, size), np.float32)
         if ok.any():
-            pred = self.predictor.predict(batch["image"][ok], self.batch_size)
+            images = batch["image"]
+            # maps are combined, smoothed and downsampled on the model's device: only the
+            # small heatmaps and the scores come back
+            if not ok.all():  # a numpy array, or a tensor on the device (jpeg_on_device)
+                images = images[ok] if isinstance(images, np.ndarray) else images[np.flatnonzero(ok).tolist()]
+            pred = self.predictor.predict(images, self.batch_size, map_size=size)
             scores[ok] = pred.scores
-            maps[ok] = heatmap.downsample(pred.maps, size)
+            maps[ok] = pred.maps
         out = {k: batch[k] for k in ("image_uri", "source_uri", "height", "width", "error")}
         out.update(score=scores, heatmap=maps,
                    scored_at=np.full(n, np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")))
@@ -318,7 +342,9 @@ def build_dataset(listing: Listing, model_uri: str, artifact: "ModelArtifact", o
                                                "heatmap_size": opts.heatmap_size,
                                                "batch_size": opts.batch_size, "gpu": opts.gpu,
                                                "threads": opts.threads_per_actor,
-                                               "decode": decode if opts.decode_in_actor else None})
+                                               "decode": decode if opts.decode_in_actor else None,
+                                               "jpeg_on_device": opts.jpeg_on_device,
+                                               "precision": opts.precision})
     return ds.map_batches(to_output_rows, batch_format="numpy",
                           fn_kwargs={"threshold": float(artifact.calibration.threshold),
                                      "model_id": artifact.model_id})
@@ -380,14 +406,17 @@ def run(p: ScoringPlan) -> ScoreSummary:
     staging = storage.join(p.output, STAGING, f"{PARTITION}={opts.date}-{uuid.uuid4().hex[:12]}")
     filesystem, staging_path = storage.arrow_filesystem(staging)
     partition = partition_uri(p.output, opts.date)
+    stages: dict[str, dict] = {}
     try:
         try:
-            build_dataset(p.listing, p.model_uri, artifact, opts).write_parquet(
+            ds = build_dataset(p.listing, p.model_uri, artifact, opts)
+            ds.write_parquet(
                 staging_path, filesystem=filesystem, filename_provider=PartFiles(),
                 min_rows_per_file=10_000, mode=SaveMode.OVERWRITE)  # a fresh folder of this run
         except Exception as e:  # Ray wraps the cause (a task's error, a lost node) in its own types
             raise ScoringFailed(f"scoring {opts.date} failed, nothing was published "
                                 f"({partition} is as it was): {root_cause(e)}") from e
+        stages = stage_seconds(ds)
         counts = count_rows(staging)
         if counts["images"] == 0:
             raise DataError(f"no images found in {', '.join(p.inputs)}: "
@@ -399,7 +428,30 @@ def run(p: ScoringPlan) -> ScoreSummary:
         remove(staging)
         remove(storage.join(p.output, STAGING), only_if_empty=True)
     return ScoreSummary(output=partition, seconds=time.time() - start,
-                        model_id=artifact.model_id, skipped=p.listing.skipped, **counts)
+                        model_id=artifact.model_id, skipped=p.listing.skipped, stages=stages, **counts)
+
+
+def stage_seconds(ds) -> dict[str, dict]:
+    """Per Ray Data operator of a written dataset: task seconds (wall and CPU, summed) and tasks.
+
+    Best effort: the statistics are a developer API of Ray Data, so a Ray that lacks them
+    gives an empty dict rather than a failed night.
+    """
+    try:
+        out = {}
+        pending = [ds.get_stats_summary()]
+        while pending:  # the written dataset's operators, then those of the datasets it came from
+            summary = pending.pop()
+            pending += summary.parents
+            for op in summary.operators_stats:
+                wall, cpu = op.wall_time, op.cpu_time
+                out[op.operator_name] = {"task_wall_s": round(float(wall.sum), 3) if wall else None,
+                                         "task_cpu_s": round(float(cpu.sum), 3) if cpu else None,
+                                         "tasks": int(wall.count) if wall else None}
+        return out
+    except Exception as e:  # noqa: BLE001 -- statistics must never fail a run
+        log.debug("no Ray Data statistics: %s", e)
+        return {}
 
 
 def root_cause(e: BaseException) -> str:
