@@ -28,8 +28,8 @@ from raymae.recipes import RECIPES, recipe  # noqa: E402
 from raymae.corruption import corrupt_seeded  # noqa: E402
 from raymae.inference import Predictor  # noqa: E402
 from raymae.model import build_model  # noqa: E402
-from raymae.train import load_training_data  # noqa: E402
-from raymae.training import autocast, make_optimizer, stage2_loss  # noqa: E402
+from raymae.training.local import load_training_data  # noqa: E402
+from raymae.training.loop import autocast, make_optimizer, stage2_loss  # noqa: E402
 
 T_RAYMAE = time.time()
 

@@ -31,7 +31,7 @@ from raymae import data
 from raymae.anomaly_map import combine, gaussian_smooth, image_score
 from raymae.artifact import ModelArtifact
 from raymae.metrics import image_auroc, pixel_auroc
-from raymae.train import load_training_data
+from raymae.training.local import load_training_data
 
 SIGMAS = (2.0, 4.0)
 

@@ -39,8 +39,8 @@ from raymae.recipes import RECIPES, recipe
 from raymae.corruption import corrupt_seeded
 from raymae.evaluate import compute_metrics, evaluate, format_table
 from raymae.metrics import image_metrics
-from raymae.train import load_training_data, train_local
-from raymae.training import resolve_schedules, train_two_stages
+from raymae.training.local import load_training_data, train_local
+from raymae.training.loop import resolve_schedules, train_two_stages
 
 RESULTS = Path(__file__).parent / "results"
 

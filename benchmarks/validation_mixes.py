@@ -24,7 +24,7 @@ from pathlib import Path
 from raymae import calibration, data
 from raymae.artifact import ModelArtifact
 from raymae.config import CorruptionConfig, unseen_corruption
-from raymae.train import load_training_data
+from raymae.training.local import load_training_data
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import ablation, machine  # noqa: E402

@@ -225,12 +225,12 @@ def cmd_train(args: argparse.Namespace) -> int:
               "MAE), but no --init gives one; with an encoder trained from scratch, --train-encoder (or the "
               "cpu or gpu recipe) usually detects better (README, Benchmarks)", file=sys.stderr)
     if args.local:
-        from raymae.train import train_local
+        from raymae.training.local import train_local
 
         artifact = train_local(args.data, cfg, "cuda" if args.gpu else "cpu", args.init)
         artifact.save(args.out)
     else:
-        from raymae.ray_train import TrainJob, run_training
+        from raymae.training.ray_driver import TrainJob, run_training
 
         _init_ray()
         artifact = run_training(TrainJob(args.data, args.out, cfg, args.workers, args.gpu, args.init,

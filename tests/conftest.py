@@ -33,7 +33,7 @@ def synthetic_dataset(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def trained_artifact(synthetic_dataset):
     """One model trained in-process on the synthetic data, shared by several tests."""
-    from raymae.train import train_local
+    from raymae.training.local import train_local
 
     return train_local(synthetic_dataset, tiny_recipe())
 

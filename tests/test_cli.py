@@ -31,7 +31,7 @@ def test_training_a_frozen_encoder_from_scratch_suggests_training_it(capsys, tmp
     def start(*args, **kwargs):
         raise TrainingStarted
 
-    monkeypatch.setattr("raymae.train.train_local", start)
+    monkeypatch.setattr("raymae.training.local.train_local", start)
     for extra, noted in ((("--recipe", "paper"), True), (("--recipe", "paper", "--train-encoder"), False),
                          ((), False)):  # the default recipe trains the encoder
         with pytest.raises(TrainingStarted):

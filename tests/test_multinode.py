@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from raymae.artifact import ModelArtifact
-from raymae.ray_train import TrainJob, run_training
+from raymae.training.ray_driver import TrainJob, run_training
 from raymae.scoring import ScoreOptions, partition_uri, score
 from tests.conftest import tiny_recipe
 from tests.ray_faults import actors, finished_tasks, task_nodes, wait_for

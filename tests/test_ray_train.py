@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raymae.artifact import ModelArtifact
-from raymae.ray_train import TrainJob, run_training
+from raymae.training.ray_driver import TrainJob, run_training
 from tests.conftest import tiny_recipe
 from tests.ray_faults import actors, kill_actor_process, wait_for
 

@@ -52,7 +52,7 @@ def test_calibration_measures_what_normal_maps_look_like_and_judges_the_referenc
 def test_too_few_held_back_normals_for_the_target_false_positive_rate_are_reported(trained_artifact,
                                                                                     synthetic_dataset, caplog):
     from raymae.calibration import calibrate
-    from raymae.train import load_training_data
+    from raymae.training.local import load_training_data
 
     cfg = trained_artifact.config
     cfg = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, select_map_rule=False))
@@ -75,7 +75,7 @@ def test_the_map_rule_can_be_judged_on_corruptions_stage2_never_saw(trained_arti
                                                                      monkeypatch):
     from raymae import calibration
     from raymae.config import CorruptionConfig
-    from raymae.train import load_training_data
+    from raymae.training.local import load_training_data
 
     cfg = trained_artifact.config
     holdout = load_training_data(synthetic_dataset, cfg).holdout
@@ -149,7 +149,7 @@ def test_a_global_lighting_change_of_the_normal_images_is_not_an_anomaly(synthet
     """An ageing lamp darkens (or a new one brightens) every normal photo by 8 %: with per-image
     intensity standardisation the model still ranks defects above normals as before."""
     from raymae.metrics import image_auroc
-    from raymae.train import train_local
+    from raymae.training.local import train_local
     from tests.conftest import tiny_recipe
 
     artifact = train_local(synthetic_dataset, dataclasses.replace(tiny_recipe(), intensity="per_image"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raymae.training import CorruptedImages, _loader, train_two_stages
+from raymae.training.loop import CorruptedImages, _loader, train_two_stages
 from tests.conftest import tiny_recipe
 
 
@@ -58,7 +58,7 @@ def test_both_stages_train_and_report_finite_losses(precision):
 
 def test_the_stage2_loss_is_computed_in_float32_inside_a_bf16_autocast_region():
     from raymae.model import Stage2Output
-    from raymae.training import stage2_loss
+    from raymae.training.loop import stage2_loss
 
     cfg = tiny_recipe()
     gen = torch.Generator().manual_seed(0)
@@ -85,7 +85,7 @@ def _logits_and_mask(seed: int = 0):
 
 
 def test_the_focal_loss_is_the_weighted_cross_entropy_at_gamma_0_and_discounts_confident_pixels():
-    from raymae.training import focal_cross_entropy
+    from raymae.training.loop import focal_cross_entropy
 
     logits, mask = _logits_and_mask()
     target, weight = mask.long(), torch.tensor([1.0, 5.0])
@@ -98,7 +98,7 @@ def test_the_focal_loss_is_the_weighted_cross_entropy_at_gamma_0_and_discounts_c
 
 
 def test_soft_dice_rewards_overlap_and_a_constant_prediction_cannot_satisfy_it():
-    from raymae.training import soft_dice_loss
+    from raymae.training.loop import soft_dice_loss
 
     _, mask = _logits_and_mask()
     target = mask.long()
@@ -113,7 +113,7 @@ def test_soft_dice_rewards_overlap_and_a_constant_prediction_cannot_satisfy_it()
 
 def test_focal_and_dice_terms_enter_the_stage2_loss_beside_the_plain_cross_entropy():
     from raymae.model import Stage2Output
-    from raymae.training import focal_cross_entropy, soft_dice_loss, stage2_loss
+    from raymae.training.loop import focal_cross_entropy, soft_dice_loss, stage2_loss
 
     cfg = tiny_recipe()
     cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(
@@ -149,7 +149,7 @@ def test_a_diverging_loss_stops_training_with_a_clear_error():
 @pytest.mark.parametrize("clip, bounded", [(1e-3, True), (0.0, False)])
 def test_gradient_clipping_bounds_each_step(clip, bounded):
     from raymae.model import build_model
-    from raymae.training import run_epoch
+    from raymae.training.loop import run_epoch
 
     cfg = tiny_recipe()
     # one batch of 8, plain SGD at lr 1 (base lr scaled by batch / 256, no warm-up):
@@ -169,7 +169,7 @@ def test_gradient_clipping_bounds_each_step(clip, bounded):
 
 def test_a_stage_sized_in_steps_gets_the_whole_epochs_that_give_at_least_that_many():
     from raymae.config import Stage2Config
-    from raymae.training import resolve_schedule, steps_per_epoch
+    from raymae.training.loop import resolve_schedule, steps_per_epoch
 
     stage = Stage2Config(steps=840, warmup_steps=42, batch_size=32)
     assert steps_per_epoch(677, 32) == 21 and steps_per_epoch(188, 32) == 5
@@ -219,3 +219,27 @@ def test_stage2_targets_are_scaled_like_their_corrupted_inputs():
     outside = np.ones((16, 16), bool)
     outside[4:12, 4:12] = False
     assert torch.allclose(target[0, :, outside], x[0, :, outside])  # unchanged pixels need no repair
+
+
+def test_the_training_modules_import_one_way_and_only_the_ray_driver_imports_ray():
+    """loop <- local <- ray_driver: each module imports only those before it, and only
+    ray_driver imports Ray (inside its functions, so importing it starts nothing)."""
+    import ast
+    from pathlib import Path
+
+    import raymae.training
+
+    order = ["loop", "local", "ray_driver"]
+    folder = Path(raymae.training.__file__).parent
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(["__init__", *order])
+    for i, name in enumerate(order):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        siblings = {m.rsplit(".", 1)[1] for m in imported if m.startswith("raymae.training.")}
+        assert siblings <= set(order[:i]), f"{name} imports {siblings - set(order[:i])}"
+        uses_ray = {m for m in imported if m == "ray" or m.startswith("ray.")}
+        assert bool(uses_ray) == (name == "ray_driver"), f"{name} imports {uses_ray}"
+        top_level = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top_level |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in top_level if m == "ray" or m.startswith("ray.")}, name

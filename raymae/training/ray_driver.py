@@ -27,8 +27,8 @@ from raymae import storage
 from raymae.artifact import ModelArtifact
 from raymae.config import RaymaeConfig
 from raymae.pretrained import load_init_weights
-from raymae.train import finish_artifact, load_training_data, log_epoch
-from raymae.training import EpochResult, TrainState, train_two_stages
+from raymae.training.local import finish_artifact, load_training_data, log_epoch
+from raymae.training.loop import EpochResult, TrainState, train_two_stages
 
 log = logging.getLogger("raymae")
 

@@ -1,7 +1,7 @@
 """From a dataset URI to a model artifact: data, the two stages, calibration.
 
 ``train_local`` runs everything in this process (one CPU or GPU, no Ray);
-``raymae.ray_train`` runs the same steps across a Ray Train worker group.
+``raymae.training.ray_driver`` runs the same steps across a Ray Train worker group.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from raymae.calibration import calibrate
 from raymae.config import RaymaeConfig
 from raymae.model import MaskedAutoencoderViT
 from raymae.pretrained import load_init_weights
-from raymae.training import EpochResult, train_two_stages
+from raymae.training.loop import EpochResult, train_two_stages
 
 log = logging.getLogger("raymae")
 

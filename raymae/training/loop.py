@@ -1,9 +1,9 @@
 """The two-stage training loop, runnable in one plain process.
 
-Ray Train wraps this module (``raymae.ray_train``): it passes a ``wrap_model``
+Ray Train wraps this module (``raymae.training.ray_driver``): it passes a ``wrap_model``
 (DDP), a ``wrap_loader`` (distributed sampler), a saved :class:`TrainState` to
 resume from and an ``on_epoch_end`` hook that writes checkpoints. Without Ray
-the same loop runs on one CPU or GPU (``raymae.training.fit``).
+the same loop runs on one CPU or GPU (``raymae.training.local.train_local``).
 """
 
 from __future__ import annotations
