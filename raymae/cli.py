@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train both stages with Ray Train and write the model artifact")
-    t.add_argument("--data", required=True, help="MVTec-AD style folder: local path or s3://bucket/prefix")
+    t.add_argument("--data", required=True, metavar="URI",
+                   help="normal images: a folder or s3:// prefix (read recursively) or a glob; or an MVTec-AD "
+                        "style folder, whose train/good is used")
     t.add_argument("--out", required=True, help="model folder to write: local path or s3://")
     t.add_argument("--workers", type=_positive, default=1, help="Ray Train workers (default 1)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
@@ -146,8 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
     add_recipe_arguments(t)
 
-    e = sub.add_parser("evaluate", help="metrics of a model on a labelled test split")
-    e.add_argument("--data", required=True, help="MVTec-AD style folder with test/ and ground_truth/")
+    e = sub.add_parser("evaluate", help="metrics of a model on labelled test images",
+                       description="Evaluate on an MVTec-AD style folder (--data), or on folders of normal and "
+                                   "defective images (--normal, --abnormal) with optional masks (--masks). "
+                                   "Without masks only the image metrics are computed.")
+    e.add_argument("--data", metavar="URI", help="MVTec-AD style folder with test/ and ground_truth/")
+    e.add_argument("--normal", nargs="+", metavar="URI",
+                   help="folders, s3:// prefixes or globs of normal test images (instead of --data)")
+    e.add_argument("--abnormal", nargs="+", metavar="URI",
+                   help="folders, prefixes or globs of defective test images, each a defect type named after it")
+    e.add_argument("--masks", nargs="+", metavar="URI",
+                   help="optional: folders of masks (0 normal, >0 defect), paired with the defective images "
+                        "by name: <image stem>.png or <image stem>_mask.png")
     e.add_argument("--model", required=True, help="model folder written by raymae train")
     e.add_argument("--output", required=True,
                    help="folder for metrics.json, scores.parquet and report.html (local or s3://)")
@@ -246,14 +258,33 @@ def cfg_rule(cfg: RaymaeConfig) -> str:
     return f"{cfg.anomaly_map.combination}/{cfg.anomaly_map.score_rule}"
 
 
+def evaluation_records(args: argparse.Namespace) -> list:
+    """The labelled test images `raymae evaluate` was given: --data, or --normal and --abnormal (--masks)."""
+    from raymae.data import DataError, list_folders, list_test
+
+    folders = [f for f in ("normal", "abnormal", "masks") if getattr(args, f)]
+    if args.data and folders:
+        raise DataError(f"give --data (an MVTec-AD folder) or --normal/--abnormal folders, not both "
+                        f"(got --data and --{folders[0]})")
+    if args.data:
+        return list_test(args.data)
+    if not (args.normal and args.abnormal):
+        raise DataError("give --data (an MVTec-AD folder), or --normal and --abnormal "
+                        "(folders of normal and of defective images; --masks optional)")
+    return list_folders(args.normal, args.abnormal, args.masks)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raymae.artifact import ModelArtifact
+    from raymae.data import load_images
     from raymae.evaluate import evaluate, format_table, write_outputs
     from raymae.report.evaluation import build_evaluation_report, write_evaluation_report
 
+    records = evaluation_records(args)  # before the model: wrong folders fail fast
     artifact = ModelArtifact.load(args.model)
+    test = load_images(records, artifact.config.model.image_size)
     result, test, pred = evaluate(artifact, args.data, "cuda" if args.gpu else "cpu", args.batch_size,
-                                  precision=args.precision)
+                                  test=test, precision=args.precision)
     write_outputs(result, test, pred, args.output)
     page = write_evaluation_report(build_evaluation_report(result, test, pred), args.output)
     print(format_table(result))

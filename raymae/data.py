@@ -1,11 +1,22 @@
-"""Reading images and MVTec-AD style datasets from a local folder or ``s3://``.
+"""Reading images and datasets from a local folder or ``s3://``.
 
-Layout::
+Training images (``list_train``), either of
 
-    <root>/train/good/*.png                      normal training images
+* a folder or prefix of normal images, read recursively (dot- and ``_`` files
+  skipped), or a glob (``*``, ``?``, ``[``) matching them;
+* an MVTec-AD style root: a folder with a ``train/`` (or ``ground_truth/``)
+  subfolder is read as this layout, and its normal images are ``train/good``.
+
+Test images, either an MVTec-AD style root (``list_test``)::
+
     <root>/test/good/*.png                       normal test images
     <root>/test/<defect>/*.png                   defective test images
-    <root>/ground_truth/<defect>/<stem>_mask.png pixel masks (0 / >0)
+    <root>/ground_truth/<defect>/<stem>_mask.png pixel masks (0 / >0), optional
+
+or folders (``list_folders``, as anomalib's ``Folder`` data): folders or globs of
+normal images, of defective images (each folder a defect type, named after it),
+and optionally of masks, paired with the defective images by name
+(``<stem>.png`` or ``<stem>_mask.png``).
 
 Images are decoded with Pillow; grayscale, palette, 16-bit, CMYK and RGBA become
 RGB, an EXIF orientation is applied (the image is scored upright, as a viewer
@@ -180,6 +191,7 @@ class ImageSet:
 
 
 def _list_images(fs, path: str) -> list[str]:
+    """The images directly in one folder of an MVTec-AD layout, sorted."""
     if not fs.isdir(path):
         return []
     files = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_EXTENSIONS)]
@@ -191,30 +203,78 @@ def _uri(root_uri: str, root_path: str, path: str) -> str:
     return storage.join(root_uri, path[len(root_path):]) if path.startswith(root_path) else path
 
 
-def _open_root(uri: str):
+def _open_root(uri: str, expected: str):
     fs, root = storage.resolve(uri)
     try:
         exists = fs.isdir(root)
     except Exception as e:  # e.g. unreachable endpoint, missing bucket
         raise DataError(f"cannot reach {uri!r}: {e}") from e
     if not exists:
-        raise DataError(f"data folder not found: {uri!r} (expected an MVTec-AD layout with train/good)")
+        raise DataError(f"data folder not found: {uri!r} (expected {expected})")
     return fs, root.rstrip("/")
 
 
+def find_images(uri: str, expected: str = "a folder of images") -> list[str]:
+    """Every image in a folder or prefix (recursively) or matched by a glob, as URIs, sorted.
+
+    Dot-files, ``_`` files and what is inside such folders are skipped, as in scoring.
+    Returns [] for an empty folder or a glob that matches nothing; a missing folder is a
+    DataError that says what was ``expected`` there.
+    """
+    if storage.is_glob(uri):
+        fs, path = storage.resolve(uri)
+        try:
+            infos = fs.glob(path, detail=True)
+        except (FileNotFoundError, PermissionError, OSError) as e:
+            raise DataError(f"cannot list {uri!r}: {e}") from e
+        root = storage.fixed_prefix(path)
+        return sorted(storage.found_uri(uri, p) for p, info in infos.items()
+                      if info.get("type", "file") == "file" and p.lower().endswith(IMAGE_EXTENSIONS)
+                      and not storage.hidden(p[len(root):]))
+    fs, root = _open_root(uri, expected)
+    try:
+        files = fs.find(root)
+    except (FileNotFoundError, PermissionError, OSError) as e:
+        raise DataError(f"cannot list {uri!r}: {e}") from e
+    return sorted(_uri(uri, root, f) for f in files
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not storage.hidden(f[len(root):]))
+
+
+# Subfolders that make a folder an MVTec-AD root rather than a folder of normal images
+# (so an MVTec root without train/good is an error, never its defects read as normal).
+MVTEC_MARKERS = ("train", "ground_truth")
+
+
+def is_mvtec_root(uri: str) -> bool:
+    """A folder with ``train/`` or ``ground_truth/``; False for a glob or a plain folder."""
+    if storage.is_glob(uri):
+        return False
+    fs, root = _open_root(uri, "a folder of normal images, or an MVTec-AD layout with train/good")
+    return any(fs.isdir(f"{root}/{marker}") for marker in MVTEC_MARKERS)
+
+
 def list_train(uri: str) -> list[ImageRecord]:
-    """Normal training images under ``<uri>/train/good``, sorted by name."""
-    fs, root = _open_root(uri)
-    files = _list_images(fs, f"{root}/train/good")
+    """Normal training images, sorted: ``<uri>/train/good`` of an MVTec-AD root, else every
+    image in the folder (recursively) or matched by the glob."""
+    extensions = ", ".join(IMAGE_EXTENSIONS)
+    if is_mvtec_root(uri):
+        fs, root = _open_root(uri, "an MVTec-AD layout with train/good")
+        files = _list_images(fs, f"{root}/train/good")
+        if not files:
+            raise DataError(f"no training images in {storage.join(uri, 'train/good')!r}: "
+                            f"put normal images ({extensions}) there")
+        return [ImageRecord(_uri(uri, root, f), 0, GOOD) for f in files]
+    files = find_images(uri, "a folder of normal images, or an MVTec-AD layout with train/good")
     if not files:
-        raise DataError(f"no training images in {storage.join(uri, 'train/good')!r}: "
-                        f"put normal images ({', '.join(IMAGE_EXTENSIONS)}) there")
-    return [ImageRecord(_uri(uri, root, f), 0, GOOD) for f in files]
+        where = "match" if storage.is_glob(uri) else "in"
+        raise DataError(f"no training images {where} {uri!r}: give a folder, prefix or glob of "
+                        f"normal images ({extensions})")
+    return [ImageRecord(f, 0, GOOD) for f in files]
 
 
 def list_test(uri: str) -> list[ImageRecord]:
     """Test images with their defect type and mask, masks paired by name (else by sorted order)."""
-    fs, root = _open_root(uri)
+    fs, root = _open_root(uri, "an MVTec-AD layout with test/good and test/<defect>")
     test_dir = f"{root}/test"
     if not fs.isdir(test_dir):
         raise DataError(f"no test folder in {uri!r}: expected test/good and test/<defect>")
@@ -233,10 +293,19 @@ def list_test(uri: str) -> list[ImageRecord]:
     return records
 
 
+def _stem(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def _mask_stem(path: str) -> str:
+    """The image stem a mask belongs to: ``007_mask.png`` and ``007.png`` both give ``007``."""
+    return _stem(path).removesuffix("_mask")
+
+
 def _pair_masks(fs, gt_dir: str, files: list[str], defect: str) -> list[str | None]:
     masks = _list_images(fs, gt_dir)
-    by_stem = {m.rsplit("/", 1)[-1].rsplit(".", 1)[0].removesuffix("_mask"): m for m in masks}
-    stems = [f.rsplit("/", 1)[-1].rsplit(".", 1)[0] for f in files]
+    by_stem = {_mask_stem(m): m for m in masks}
+    stems = [_stem(f) for f in files]
     if all(s in by_stem for s in stems):
         return [by_stem[s] for s in stems]
     if len(masks) == len(files):
@@ -245,6 +314,103 @@ def _pair_masks(fs, gt_dir: str, files: list[str], defect: str) -> list[str | No
         return [None] * len(files)  # image-level labels only
     raise DataError(f"cannot pair {len(files)} images of test/{defect} with {len(masks)} masks "
                     f"in ground_truth/{defect}: name masks <image stem>_mask.png")
+
+
+def _examples(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(repr(i) for i in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _folder_name(uri: str) -> str:
+    """What a folder of defective images is called in the metrics: its last path part."""
+    _, path = storage.resolve(uri)
+    name = storage.fixed_prefix(path).rstrip("/").rsplit("/", 1)[-1] or "defect"
+    return "defect" if name == GOOD else name
+
+
+def list_folders(normal: list[str], abnormal: list[str], masks: list[str] | None = None) -> list[ImageRecord]:
+    """Test images from plain folders, prefixes or globs (anomalib's ``Folder`` data).
+
+    ``normal``: folders of normal images; ``abnormal``: folders of defective images,
+    each a defect type named after its folder; ``masks``: optional, one folder of
+    masks for all defective images or one per ``abnormal`` folder (in the same
+    order), paired with the defective images by name (``<stem>.png`` or
+    ``<stem>_mask.png``). With masks, every defective image needs one and every
+    mask must pair with a defective image; without, the images have labels only.
+    """
+    masks = masks or []
+    if masks and len(masks) not in (1, len(abnormal)):
+        raise DataError(f"{len(masks)} --masks folders for {len(abnormal)} --abnormal folders: give one masks "
+                        f"folder for all, or one per --abnormal folder in the same order")
+    records: list[ImageRecord] = []
+    for uri in normal:
+        files = find_images(uri, "a folder of normal images for --normal")
+        if not files:
+            raise DataError(f"no images in --normal {uri!r}: give a folder, prefix or glob of normal images")
+        records += [ImageRecord(f, 0, GOOD) for f in files]
+    groups: list[list[ImageRecord]] = []
+    for uri in abnormal:
+        files = find_images(uri, "a folder of defective images for --abnormal")
+        if not files:
+            raise DataError(f"no images in --abnormal {uri!r}: give a folder, prefix or glob of defective images")
+        groups.append([ImageRecord(f, 1, _folder_name(uri)) for f in files])
+    mask_groups = [_mask_files(uri) for uri in masks]
+    defective = [r for group in groups for r in group]
+    _refuse_overlap({"--normal": [r.uri for r in records], "--abnormal": [r.uri for r in defective],
+                     "--masks": [m for group in mask_groups for m in group]})
+    if len(mask_groups) == 1:
+        _attach_masks(defective, mask_groups[0], masks[0])
+    elif mask_groups:
+        for group, mask_files, uri in zip(groups, mask_groups, masks):
+            _attach_masks(group, mask_files, uri)
+    return records + defective
+
+
+def _mask_files(uri: str) -> list[str]:
+    files = find_images(uri, "a folder of masks for --masks")
+    if not files:
+        raise DataError(f"no masks in --masks {uri!r}: give a folder, prefix or glob of mask images")
+    return files
+
+
+def _attach_masks(defective: list[ImageRecord], masks: list[str], where: str) -> None:
+    """Pair every defective image with its mask by name; DataError for what pairs with nothing."""
+    by_stem: dict[str, str] = {}
+    for m in masks:
+        if (stem := _mask_stem(m)) in by_stem:
+            raise DataError(f"two masks for images named {stem!r} in --masks {where!r}: {by_stem[stem]!r} and {m!r}")
+        by_stem[stem] = m
+    seen: dict[str, str] = {}
+    for rec in defective:
+        if (stem := _stem(rec.uri)) in seen:
+            raise DataError(f"two defective images named {stem!r} ({seen[stem]!r} and {rec.uri!r}) share the "
+                            f"masks folder {where!r}: masks are paired by name, so give one --masks folder "
+                            f"per --abnormal folder")
+        seen[stem] = rec.uri
+    unpaired = [m for s, m in by_stem.items() if s not in seen]
+    if unpaired:
+        raise DataError(f"{len(unpaired)} of {len(masks)} masks in {where!r} pair with no defective image: "
+                        f"{_examples(unpaired)}; name a mask <image stem>.png or <image stem>_mask.png")
+    missing = [rec.uri for rec in defective if _stem(rec.uri) not in by_stem]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(defective)} defective images have no mask in {where!r}: "
+                        f"{_examples(missing)}; give every defective image a mask, or no --masks "
+                        f"for image metrics only")
+    for rec in defective:
+        rec.mask_uri = by_stem[_stem(rec.uri)]
+
+
+def _refuse_overlap(files: dict[str, list[str]]) -> None:
+    """A file listed under two of the flags (a --normal folder holding the defects, say) is an error."""
+    seen: dict[str, str] = {}  # absolute URI -> the flag it was listed under first
+    for flag, uris in files.items():
+        keys = {storage.absolute_uri(u): u for u in uris}
+        both = [u for k, u in keys.items() if k in seen]
+        if both:
+            first = seen[storage.absolute_uri(both[0])]
+            raise DataError(f"{len(both)} files are both under {first} and {flag}: {_examples(both)}; "
+                            f"give folders that do not contain each other")
+        seen.update((k, flag) for k in keys)
 
 
 # ------------------------------------------------------------------ loading

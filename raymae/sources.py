@@ -30,7 +30,6 @@ from raymae import storage
 from raymae.data import IMAGE_EXTENSIONS, DataError
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
-GLOB_CHARS = "*?["
 # Files and tar members above this size are refused unread (a row says so).
 MAX_FILE_BYTES = 256 * 1024 * 1024
 # Archives are read up to this many members (of any kind); a row says when one holds more.
@@ -91,15 +90,6 @@ def kind_of(name: str) -> str | None:
     return None
 
 
-def _hidden(path: str) -> bool:
-    """Dot-files and _markers (``.DS_Store``, ``_SUCCESS``) and anything inside such folders.
-
-    ``.`` and ``..`` are path steps, not hidden names: ``tar -C dir .`` names its
-    members ``./000.png``, and those are images like any other.
-    """
-    return any(part.startswith((".", "_")) for part in path.split("/") if part not in ("", ".", ".."))
-
-
 # ------------------------------------------------------------------ listing
 def list_sources(uris: list[str]) -> Listing:
     """Expand input URIs into sources; raises DataError for a missing or empty input."""
@@ -120,7 +110,7 @@ def list_sources(uris: list[str]) -> Listing:
 def _list_one(uri: str) -> tuple[list[Source], list[str]]:
     fs, path = storage.resolve(uri)
     try:
-        if any(c in path for c in GLOB_CHARS):
+        if storage.is_glob(path):
             infos = fs.glob(path, detail=True)
             explicit = False
         elif fs.isdir(path):
@@ -133,13 +123,13 @@ def _list_one(uri: str) -> tuple[list[Source], list[str]]:
             raise DataError(f"input not found: {uri!r}")
     except (FileNotFoundError, PermissionError, OSError) as e:
         raise DataError(f"cannot list {uri!r}: {e}") from e
-    root = _fixed_prefix(path)
+    root = storage.fixed_prefix(path)
     sources, skipped = [], []
     for p, info in sorted(infos.items()):
         if info.get("type", "file") != "file":
             continue
-        full = _to_uri(uri, p)
-        if not explicit and _hidden(p[len(root):]):
+        full = storage.found_uri(uri, p)
+        if not explicit and storage.hidden(p[len(root):]):
             continue
         kind = kind_of(p) or (IMAGE if explicit else None)
         if kind is None:
@@ -147,20 +137,6 @@ def _list_one(uri: str) -> tuple[list[Source], list[str]]:
             continue
         sources.append(Source(full, kind, int(info.get("size") or 0)))
     return sources, skipped
-
-
-def _fixed_prefix(path: str) -> str:
-    """The folder part of a path before any glob character (the path itself when there is none)."""
-    cut = min((path.index(c) for c in GLOB_CHARS if c in path), default=None)
-    return path if cut is None else path[:cut].rsplit("/", 1)[0]
-
-
-def _to_uri(uri: str, found: str) -> str:
-    """A path the filesystem returned, written back in the form the user gave (scheme kept)."""
-    if storage.is_remote(uri):
-        scheme = storage.scheme_of(uri)
-        return found if "://" in found else f"{scheme}://{found}"
-    return found
 
 
 # ------------------------------------------------------------------ reading
@@ -220,7 +196,7 @@ def read_tar(source: Source, limits: Limits = Limits()) -> Iterator[RawImage]:
                                    f"tar archive has more than {limits.max_tar_members} members "
                                    f"(--max-tar-members); read {n_read} image members, not the rest")
                     return
-                if member.isdir() or kind_of(member.name) != IMAGE or _hidden(member.name):
+                if member.isdir() or kind_of(member.name) != IMAGE or storage.hidden(member.name):
                     continue
                 uri = f"{source.uri}#{member.name}"
                 if not member.isfile():

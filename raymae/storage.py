@@ -75,6 +75,36 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+GLOB_CHARS = "*?["
+
+
+def is_glob(uri: str) -> bool:
+    return any(c in uri for c in GLOB_CHARS)
+
+
+def fixed_prefix(path: str) -> str:
+    """The folder part of a path before any glob character (the path itself when there is none)."""
+    cut = min((path.index(c) for c in GLOB_CHARS if c in path), default=None)
+    return path if cut is None else path[:cut].rsplit("/", 1)[0]
+
+
+def hidden(path: str) -> bool:
+    """Dot-files and _markers (``.DS_Store``, ``_SUCCESS``) and anything inside such folders.
+
+    ``.`` and ``..`` are path steps, not hidden names: ``tar -C dir .`` names its
+    members ``./000.png``, and those are images like any other.
+    """
+    return any(part.startswith((".", "_")) for part in path.split("/") if part not in ("", ".", ".."))
+
+
+def found_uri(uri: str, found: str) -> str:
+    """A path the filesystem returned for ``uri``, written back in the form the user gave (scheme kept)."""
+    if is_remote(uri):
+        scheme = scheme_of(uri)
+        return found if "://" in found else f"{scheme}://{found}"
+    return found
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open(path, "rb") as f:

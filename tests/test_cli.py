@@ -127,6 +127,93 @@ def test_evaluate_without_a_model_says_so(capsys, synthetic_dataset, tmp_path):
     assert code == 2 and "no raymae model" in err
 
 
+def strict_json(path) -> dict:
+    """A JSON file that must be standard JSON (no NaN or Infinity)."""
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+DEFECTS = ("scratch", "spot", "stain")
+
+
+def test_evaluate_on_folders_with_masks_gives_the_metrics_of_the_mvtec_layout(capsys, trained_artifact,
+                                                                              synthetic_dataset, tmp_path):
+    trained_artifact.save(str(tmp_path / "model"))
+    root, model = synthetic_dataset, str(tmp_path / "model")
+    assert run(capsys, "evaluate", "--data", root, "--model", model, "--output", str(tmp_path / "mvtec"))[0] == 0
+    code, out, _ = run(capsys, "evaluate", "--normal", f"{root}/test/good",
+                       "--abnormal", *[f"{root}/test/{d}" for d in DEFECTS],
+                       "--masks", *[f"{root}/ground_truth/{d}" for d in DEFECTS],
+                       "--model", model, "--output", str(tmp_path / "folders"))
+    assert code == 0 and "absent" not in out
+    mvtec, folders = strict_json(tmp_path / "mvtec" / "metrics.json"), strict_json(tmp_path / "folders" / "metrics.json")
+    assert folders["metrics"] == pytest.approx(mvtec["metrics"]) and folders["metrics"]["pixel_auroc"] > 0.5
+    assert folders["per_type"].keys() == mvtec["per_type"].keys() == set(DEFECTS)
+    for d in DEFECTS:
+        assert folders["per_type"][d] == pytest.approx(mvtec["per_type"][d])
+
+
+def test_evaluate_on_folders_without_masks_reports_image_metrics_and_pixel_metrics_as_absent(
+        capsys, trained_artifact, synthetic_dataset, tmp_path):
+    trained_artifact.save(str(tmp_path / "model"))
+    root = synthetic_dataset
+    code, out, _ = run(capsys, "evaluate", "--normal", f"{root}/test/good",
+                       "--abnormal", *[f"{root}/test/{d}" for d in DEFECTS],
+                       "--model", str(tmp_path / "model"), "--output", str(tmp_path / "eval"))
+    assert code == 0
+    result = strict_json(tmp_path / "eval" / "metrics.json")
+    for row in [result["metrics"], *result["per_type"].values()]:
+        assert row["pixel_auroc"] is row["aupro"] is row["pixel_ap"] is None
+        assert 0 <= row["image_auroc"] <= 1 and 0 <= row["image_f1_max"] <= 1
+    assert result["extra"]["pixel_metrics"].startswith("absent")
+    all_row = next(line for line in out.splitlines() if line.startswith("all "))
+    assert all_row.split()[1:] == [f"{result['metrics']['image_auroc']:.4f}", "-", "-", "-",
+                                   f"{result['metrics']['image_f1_max']:.4f}", str(result["n_images"])]
+    assert "pixel metrics (pixel_auroc, aupro, pixel_ap): absent" in out
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    assert 'id="no-masks"' in page and 'id="pro"' not in page and 'id="roc"' in page
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "d", "--normal", "n"], "give --data (an MVTec-AD folder) or --normal/--abnormal folders, not both"),
+    (["--normal", "n"], "give --data (an MVTec-AD folder), or --normal and --abnormal"),
+    (["--abnormal", "a", "--masks", "m"], "give --data (an MVTec-AD folder), or --normal and --abnormal"),
+    ([], "give --data (an MVTec-AD folder), or --normal and --abnormal"),
+])
+def test_evaluate_is_given_an_mvtec_folder_or_normal_and_abnormal_folders(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, "evaluate", *argv, "--model", str(tmp_path / "no-model"),
+                       "--output", str(tmp_path / "eval"))
+    assert code == 2
+    [line] = err.strip().splitlines()  # one line, and about the arguments, not the model
+    assert line.startswith(f"raymae evaluate: error: {message}")
+
+
+def test_evaluate_on_folders_with_masks_that_pair_with_nothing_says_so_before_loading_the_model(capsys, tmp_path,
+                                                                                             synthetic_dataset):
+    root = synthetic_dataset
+    code, _, err = run(capsys, "evaluate", "--normal", f"{root}/test/good", "--abnormal", f"{root}/test/scratch",
+                       "--masks", f"{root}/ground_truth/scratch", f"{root}/ground_truth/spot",
+                       "--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "eval"))
+    assert code == 2 and "2 --masks folders for 1 --abnormal folders" in err and "no raymae model" not in err
+
+
+def test_train_takes_a_plain_folder_of_normal_images(capsys, tmp_path, synthetic_dataset):
+    import shutil
+
+    from raymae.artifact import ModelArtifact
+
+    folder = tmp_path / "line-3" / "2026-11-30"  # no train/good: the images straight from a camera
+    shutil.copytree(f"{synthetic_dataset}/train/good", folder / "cam-a")
+    n = len(list((folder / "cam-a").iterdir()))
+    code, out, err = run(capsys, "train", "--data", str(tmp_path / "line-3"), "--out", str(tmp_path / "m"),
+                         "--local", "--model-size", "tiny", "--image-size", "32", "--patch-size", "8",
+                         "--stage1-epochs", "1", "--stage2-epochs", "1", "--batch-size", "16")
+    assert code == 0, err
+    info = ModelArtifact.load(str(tmp_path / "m")).info
+    assert info["train_images"] + info["holdout_images"] == n and info["data"] == str(tmp_path / "line-3")
+
+
 @pytest.mark.slow
 def test_the_demo_runs_the_whole_path_from_synthetic_data_to_nightly_parquet(ray_local, tmp_path, capsys):
     import pyarrow.dataset as pds
