@@ -235,7 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.stage2.freeze_encoder and not args.init:
         print("raymae train: note: stage 2 keeps the encoder frozen (the paper's setting, made for a pretrained "
               "MAE), but no --init gives one; with an encoder trained from scratch, --train-encoder (or the "
-              "cpu or gpu recipe) usually detects better (README, Benchmarks)", file=sys.stderr)
+              "cpu or gpu recipe) usually detects better (docs/experiments.md)", file=sys.stderr)
     if args.local:
         from raymae.training.local import train_local
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # torch and timm load only where the model runs, not in every
 
 log = logging.getLogger("raymae.scoring")
 
-# The output contract (README "Scoring output"); the partition column ``date``
+# The output contract (README "Output schema (a contract)"); the partition column ``date``
 # lives in the folder name (Hive style: <output>/date=YYYY-MM-DD/part-00000.parquet).
 OUTPUT_SCHEMA = pa.schema([
     ("image_uri", pa.string()),       # the file, or archive.tar#member

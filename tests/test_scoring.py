@@ -16,7 +16,7 @@ from raymae.scoring import OUTPUT_SCHEMA, ScoreOptions, parse_date, score, to_ou
 from tests.badfiles import png_bytes, write_bad_files, write_tar
 from tests.scripts import load_script
 
-DAY1, DAY2 = "2026-11-26", "2026-11-27"  # DAY1 is the night the README queries ask about
+DAY1, DAY2 = "2026-11-26", "2026-11-27"  # DAY1 is the night the documented queries ask about
 
 
 # ------------------------------------------------------------------ pieces, no Ray
@@ -241,15 +241,16 @@ def test_inputs_model_and_output_can_all_live_in_s3(ray_local, dump, model_dir, 
     assert set(table.column("model_id").to_pylist()) == {trained_artifact.model_id}
 
 
-def readme_block(marker: str) -> str:
-    """The fenced code block that follows ``<!-- marker -->`` in the README."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+def doc_block(page: str, marker: str) -> str:
+    """The fenced code block that follows ``<!-- marker -->`` in a page (README.md, docs/...)."""
+    text = (Path(__file__).parents[1] / page).read_text()
     after = text.split(f"<!-- {marker} -->", 1)[1]
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
 @pytest.mark.slow
-def test_the_readme_queries_run_on_the_output_with_duckdb_and_pandas(night, dump, tmp_path, monkeypatch):
+def test_the_documented_queries_run_on_the_output_with_duckdb_and_pandas(night, dump, tmp_path, monkeypatch):
+    """The README's query, and docs/scoring.md's DuckDB and pandas queries."""
     import duckdb
 
     (tmp_path / "scores").symlink_to(night["out"])
@@ -257,7 +258,8 @@ def test_the_readme_queries_run_on_the_output_with_duckdb_and_pandas(night, dump
     rows = night["table"].to_pylist()
     expected_top = sorted((r["score"] for r in rows if r["status"] == "ok"), reverse=True)[:20]
 
-    statements = [q for q in readme_block("analytics:sql").split(";") if q.strip()]
+    assert [r[1] for r in duckdb.sql(doc_block("README.md", "analytics:readme")).fetchall()] == pytest.approx(expected_top)
+    statements = [q for q in doc_block("docs/scoring.md", "analytics:sql").split(";") if q.strip()]
     top, per_day, per_folder, errors = [duckdb.sql(q).fetchall() for q in statements]
     assert [r[1] for r in top] == pytest.approx(expected_top)
     day1 = next(r for r in per_day if str(r[0]) == DAY1)
@@ -267,7 +269,7 @@ def test_the_readme_queries_run_on_the_output_with_duckdb_and_pandas(night, dump
     assert {r[1] for r in errors if str(r[0]) == DAY1} >= set(dump["broken"])
 
     scope = {}
-    exec(readme_block("analytics:python"), scope)
+    exec(doc_block("docs/scoring.md", "analytics:python"), scope)
     assert scope["top"].score.tolist() == pytest.approx(expected_top)
     assert scope["per_day"][DAY1] == pytest.approx(day1[2])
     assert set(scope["errors"][scope["errors"].date == DAY1].image_uri) == {r[1] for r in errors if str(r[0]) == DAY1}
