@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-from tests.scripts import load_script
+from tests.scripts import assert_cli_accepts
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -215,23 +215,6 @@ def test_every_entrypoint_runs_an_existing_job_script_from_where_the_image_has_i
     if script.startswith("/"):
         assert script == f"{dockerfile_jobs_dir()}/{name}.py", \
             f"{where}: {script} is not where the Dockerfile copies jobs/"
-
-
-def cli_argv(name: str, args: list[str]) -> list[str]:
-    """The argv jobs/<name>.py hands to `raymae.cli.main`: the subcommand `name`
-    and the job's flags, after the script's own defaults (jobs/score.py adds
-    `--date <today, UTC>` when there is none)."""
-    module = load_script(f"jobs/{name}.py")
-    return [name, *getattr(module, "with_default_date", list)(args)]
-
-
-def assert_cli_accepts(where: str, name: str, args: list[str]) -> None:
-    from raymae.cli import build_parser
-
-    try:
-        build_parser().parse_args(cli_argv(name, args))
-    except SystemExit:
-        pytest.fail(f"{where}: jobs/{name}.py (`raymae {name}`) rejects {shlex.join(args)}")
 
 
 @pytest.mark.parametrize("where,command", entrypoints(), ids=ids(entrypoints()))
