@@ -14,7 +14,10 @@ Computes R and P once for the test set and for the held-back normal training ima
 
 how often the map's peak lies on that border band, for normal and defective images, and
 how often a defective image's peak lies inside its defect (else its image score comes
-from somewhere a normal image could score too).
+from somewhere a normal image could score too); and, with ``--knn-block K``, a PatchCore-style
+map (each 3x3-pooled encoder token's distance to its nearest neighbour among the training
+images' tokens, arXiv 2106.08265) alone and averaged with the mean map, on validation data
+(held-back normals against unseen-family corruptions) and on the test set.
 These are exploratory test-set numbers, for choosing what to build next, never for
 choosing the product's rule (that is chosen on validation data).
 """
@@ -45,11 +48,85 @@ def border_band(size: int) -> np.ndarray:
     return band
 
 
+@torch.no_grad()
+def encoder_tokens(model, cfg, images: np.ndarray, block: int, batch_size: int = 64) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, D, g, g) tokens after encoder block ``block`` (0-based), each
+    averaged with its 3x3 neighbours (PatchCore's locally aware patch features)."""
+    from raymae.inference import model_input
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = model.patch_embed(model_input(cfg, images[start:start + batch_size])) + model.pos_embed[:, 1:, :]
+        x = torch.cat([(model.cls_token + model.pos_embed[:, :1, :]).expand(len(x), -1, -1), x], dim=1)
+        for blk in model.blocks[:block + 1]:
+            x = blk(x)
+        tokens = x[:, 1:, :]
+        side = int(tokens.shape[1] ** 0.5)
+        grid = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
+        out.append(torch.nn.functional.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_maps(tokens: torch.Tensor, bank: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """(N, D, g, g) tokens -> (N, size, size) distance of each token to its nearest bank row (M, D),
+    bilinearly upsampled: PatchCore's anomaly map on raymae's own encoder."""
+    n, d, g, _ = tokens.shape
+    flat = tokens.permute(0, 2, 3, 1).reshape(-1, d)
+    nearest = torch.cat([torch.cdist(flat[i:i + chunk], bank).min(dim=1).values
+                         for i in range(0, len(flat), chunk)])
+    grid = nearest.reshape(n, 1, g, g)
+    return torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.ndarray,
+              block: int, bank_size: int) -> None:
+    """The kNN map alone and averaged with the model's mean map (both in units of the held-back
+    normals' maps, as the normal_mean rule does), on validation data and on the test set."""
+    import dataclasses
+
+    from raymae.anomaly_map import normal_quantiles, scale_to_normal
+    from raymae.calibration import VALIDATION_SEED_OFFSET
+    from raymae.corruption import corrupt_batch
+
+    cfg = artifact.config
+    model = artifact.build_model()
+    train = load_training_data(data_uri, cfg).train
+    bank = encoder_tokens(model, cfg, train, block).permute(0, 2, 3, 1).reshape(-1, model.cfg.embed_dim)
+    bank = bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size]]
+    size = cfg.model.image_size
+    corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption, clean_share=0.0)
+    fakes, _, fake_masks = corrupt_batch(holdout, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
+                                         list(range(len(holdout))))
+    raw_fake = artifact.predictor().raw_maps(fakes)
+    knn = {name: knn_maps(encoder_tokens(model, cfg, images, block), bank, size)
+           for name, images in (("test", test.images), ("normal", holdout), ("fake", fakes))}
+    mean = {"test": raw_test, "normal": raw_normal, "fake": raw_fake}
+    mean = {k: combine(r.recon_error, r.prob, "mean") for k, r in mean.items()}
+    q_knn, q_mean = normal_quantiles(knn["normal"]), normal_quantiles(mean["normal"])
+    val_labels = np.r_[np.zeros(len(holdout)), np.ones(len(fakes))]
+    val_masks = np.concatenate([np.zeros_like(fake_masks), fake_masks])
+    print(f"kNN map: encoder block {block + 1}, 3x3-pooled tokens, bank of {len(bank)} training tokens")
+    for name, maps in (("knn", knn), ("mean+knn", {k: 0.5 * (scale_to_normal(knn[k], q_knn)
+                                                            + scale_to_normal(mean[k], q_mean)) for k in knn})):
+        smoothed = {k: gaussian_smooth(v, cfg.anomaly_map.sigma) for k, v in maps.items()}
+        val = torch.cat([smoothed["normal"], smoothed["fake"]])
+        for rule in ("max", "topk"):
+            print(f"{name + ' ' + rule:36s} validation image AUROC "
+                  f"{image_auroc(val_labels, image_score(val, rule).numpy()):.3f} pixel AUROC "
+                  f"{pixel_auroc(val_masks, val.numpy()):.3f} | test image AUROC "
+                  f"{image_auroc(test.labels, image_score(smoothed['test'], rule).numpy()):.3f} pixel AUROC "
+                  f"{pixel_auroc(test.masks, smoothed['test'].numpy()):.3f}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="MVTec-AD style dataset the model was trained on")
     p.add_argument("--model", required=True, help="model artifact written by quality.py --save-model")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--knn-block", type=int, default=0, metavar="K",
+                   help="also try a PatchCore-style kNN map on the tokens after encoder block K (1-based)")
+    p.add_argument("--knn-bank", type=int, default=60_000, help="training tokens kept in the kNN bank")
     args = p.parse_args(argv)
 
     artifact = ModelArtifact.load(args.model)
@@ -96,6 +173,8 @@ def main(argv=None) -> int:
             inner = maps.clone()
             inner[:, torch.from_numpy(band)] = maps.min()
             row(f"no-border[{comb}] sigma={sigma:g} topk", inner, "topk", pixel=False)
+    if args.knn_block:
+        knn_study(artifact, args.data, test, raw_test, raw_normal, holdout, args.knn_block - 1, args.knn_bank)
     return 0
 
 

@@ -162,8 +162,13 @@ def test_the_report_benchmark_times_raymae_report_on_nights_it_writes(tmp_path):
 
 def test_the_map_postprocessing_experiments_run_on_a_saved_model(synthetic_dataset, model_dir, capsys):
     script = load_script("benchmarks/map_postprocessing.py")
-    assert script.main(["--data", synthetic_dataset, "--model", model_dir]) == 0
+    assert script.main(["--data", synthetic_dataset, "--model", model_dir, "--knn-block", "1",
+                        "--knn-bank", "500"]) == 0
     out = capsys.readouterr().out
+    assert "bank of 500 training tokens" in out
+    for name in ("knn max", "mean+knn topk"):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert 0.0 <= float(line.split("test image AUROC ")[1].split()[0]) <= 1.0
     for name in ("product sigma=2 max", "recon sigma=4 topk", "z[prob] sigma=2 max",
                  "minus-mean[recon] sigma=4 topk", "no-border[mean] sigma=2 topk"):
         line = next(line for line in out.splitlines() if line.startswith(name))
@@ -187,3 +192,33 @@ def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_d
         assert table[row["chosen_rule"]] == best  # chosen as training chooses: on validation only
         assert row["test"] == record["test_all_rules"][row["chosen_rule"]]
     assert record["mixes"]["training"]["validation_table"] != record["mixes"]["lines"]["validation_table"]
+
+
+def _results_file(path, image_auroc, rule="mean/max", drift=None, status="complete"):
+    record = {"status": status, "map_rule_chosen_on_validation": rule,
+              "metrics": {"image_auroc": image_auroc, "pixel_auroc": 0.7, "aupro": None, "pixel_ap": 0.2},
+              "per_type": {"crack": {"image_auroc": image_auroc - 0.1}}}
+    if drift is not None:
+        record["lighting_drift"] = {name: {"image_auroc": image_auroc + drift, "image_auroc_change": drift}
+                                    for name in ("normals_8pct_darker", "normals_8pct_brighter")}
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_the_quality_comparison_reports_each_groups_mean_and_range_over_seeds(tmp_path, capsys):
+    compare = load_script("benchmarks/compare_quality.py")
+    old = [_results_file(tmp_path / f"old{s}.json", a) for s, a in enumerate((0.70, 0.80))]
+    new = [_results_file(tmp_path / "new0.json", 0.90, rule="recon/max", drift=-0.01)]
+    assert compare.main(["--group", "old", *old, "--group", "new", *new]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| old | 2 | mean/max, mean/max | 0.750 (0.700–0.800) | 0.700 (0.700–0.700) | – |" in lines[2]
+    assert lines[3].startswith("| new | 1 | recon/max | 0.900 | 0.700 | – | 0.200 |")
+    assert "| old | 0.650 (0.600–0.700) |" in lines
+    assert "| new | 0.890 (-0.010) | 0.890 (-0.010) |" in lines  # only runs with drift rows have one
+
+
+def test_the_quality_comparison_refuses_an_unfinished_run(tmp_path):
+    compare = load_script("benchmarks/compare_quality.py")
+    partial = _results_file(tmp_path / "partial.json", 0.9, status="stage 2")
+    with pytest.raises(SystemExit, match="partial.json is not a complete run"):
+        compare.main(["--group", "new", partial])
