@@ -1,5 +1,6 @@
 """The committed benchmark scripts keep working (run here on tiny synthetic data)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -222,3 +223,22 @@ def test_the_quality_comparison_refuses_an_unfinished_run(tmp_path):
     partial = _results_file(tmp_path / "partial.json", 0.9, status="stage 2")
     with pytest.raises(SystemExit, match="partial.json is not a complete run"):
         compare.main(["--group", "new", partial])
+
+
+def test_recalibrating_an_older_model_chooses_among_todays_rules_on_validation(trained_artifact, synthetic_dataset,
+                                                                              tmp_path):
+    older = dataclasses.replace(trained_artifact, config=dataclasses.replace(
+        trained_artifact.config, anomaly_map=dataclasses.replace(
+            trained_artifact.config.anomaly_map, combination="recon", score_rule="mean",
+            normal_recon=None, normal_prob=None)))  # as saved before the normal-referenced maps
+    older.save(str(tmp_path / "older"))
+    out = tmp_path / "recalibrated.json"
+    script = load_script("benchmarks/recalibrate.py")
+    assert script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "older"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    table = record["validation"]
+    assert record["map_rule_before"] == "recon/mean"
+    assert any(rule.startswith("normal_mean/") for rule in table)
+    best = max(table.values(), key=lambda r: r["image_auroc"] + r["pixel_auroc"])
+    assert table[record["map_rule_chosen_on_validation"]] == best
+    assert all(0.0 <= record["metrics"][m] <= 1.0 for m in ("image_auroc", "pixel_auroc"))
