@@ -127,7 +127,10 @@ def main(argv=None) -> int:
     p.add_argument("--knn-block", type=int, default=0, metavar="K",
                    help="also try a PatchCore-style kNN map on the tokens after encoder block K (1-based)")
     p.add_argument("--knn-bank", type=int, default=60_000, help="training tokens kept in the kNN bank")
+    p.add_argument("--knn-only", action="store_true", help="only the kNN study (needs --knn-block)")
     args = p.parse_args(argv)
+    if args.knn_only and not args.knn_block:
+        p.error("--knn-only needs --knn-block K")
 
     artifact = ModelArtifact.load(args.model)
     size = artifact.config.model.image_size
@@ -148,31 +151,32 @@ def main(argv=None) -> int:
     def smoothed(raw, comb: str, sigma: float) -> torch.Tensor:
         return gaussian_smooth(combine(raw.recon_error, raw.prob, comb), sigma)
 
-    test_maps = {(comb, sigma): smoothed(raw_test, comb, sigma)
-                 for comb in ("product", "prob", "recon", "mean") for sigma in SIGMAS}
-    band = border_band(size)
-    for (comb, sigma), maps in test_maps.items():
-        for rule in ("max", "topk", "mean"):
-            row(f"{comb} sigma={sigma:g} {rule}", maps, rule, pixel=rule == "max")
-        peak = maps.flatten(1).argmax(dim=1).numpy()
-        on_band = band.ravel()[peak]
-        in_mask = test.masks.reshape(len(labels), -1)[np.arange(len(labels)), peak][labels == 1]
-        print(f"{'':36s} peak on the border band: normals {on_band[labels == 0].mean():.2f}, "
-              f"defects {on_band[labels == 1].mean():.2f}; defect images whose peak lies in the "
-              f"defect: {in_mask.mean():.2f}")
-    print(f"defect pixels on the border band: {test.masks[:, band].sum() / max(test.masks.sum(), 1):.2f}")
+    if not args.knn_only:
+        test_maps = {(comb, sigma): smoothed(raw_test, comb, sigma)
+                     for comb in ("product", "prob", "recon", "mean") for sigma in SIGMAS}
+        band = border_band(size)
+        for (comb, sigma), maps in test_maps.items():
+            for rule in ("max", "topk", "mean"):
+                row(f"{comb} sigma={sigma:g} {rule}", maps, rule, pixel=rule == "max")
+            peak = maps.flatten(1).argmax(dim=1).numpy()
+            on_band = band.ravel()[peak]
+            in_mask = test.masks.reshape(len(labels), -1)[np.arange(len(labels)), peak][labels == 1]
+            print(f"{'':36s} peak on the border band: normals {on_band[labels == 0].mean():.2f}, "
+                  f"defects {on_band[labels == 1].mean():.2f}; defect images whose peak lies in the "
+                  f"defect: {in_mask.mean():.2f}")
+        print(f"defect pixels on the border band: {test.masks[:, band].sum() / max(test.masks.sum(), 1):.2f}")
 
-    for comb in ("prob", "recon", "mean"):
-        for sigma in SIGMAS:
-            normal, maps = smoothed(raw_normal, comb, sigma), test_maps[comb, sigma]
-            mean, std = normal.mean(dim=0), normal.std(dim=0)
-            z = (maps - mean) / (std + 1e-6 * std.mean())
-            for rule in ("max", "topk"):
-                row(f"z[{comb}] sigma={sigma:g} {rule}", z, rule)
-            row(f"minus-mean[{comb}] sigma={sigma:g} topk", maps - mean, "topk")
-            inner = maps.clone()
-            inner[:, torch.from_numpy(band)] = maps.min()
-            row(f"no-border[{comb}] sigma={sigma:g} topk", inner, "topk", pixel=False)
+        for comb in ("prob", "recon", "mean"):
+            for sigma in SIGMAS:
+                normal, maps = smoothed(raw_normal, comb, sigma), test_maps[comb, sigma]
+                mean, std = normal.mean(dim=0), normal.std(dim=0)
+                z = (maps - mean) / (std + 1e-6 * std.mean())
+                for rule in ("max", "topk"):
+                    row(f"z[{comb}] sigma={sigma:g} {rule}", z, rule)
+                row(f"minus-mean[{comb}] sigma={sigma:g} topk", maps - mean, "topk")
+                inner = maps.clone()
+                inner[:, torch.from_numpy(band)] = maps.min()
+                row(f"no-border[{comb}] sigma={sigma:g} topk", inner, "topk", pixel=False)
     if args.knn_block:
         knn_study(artifact, args.data, test, raw_test, raw_normal, holdout, args.knn_block - 1, args.knn_bank)
     return 0

@@ -180,6 +180,16 @@ def test_the_map_postprocessing_experiments_run_on_a_saved_model(synthetic_datas
     assert len(in_defect) == 8 and all(0.0 <= share <= 1.0 for share in in_defect)
 
 
+def test_the_knn_study_can_run_alone(synthetic_dataset, model_dir, capsys):
+    script = load_script("benchmarks/map_postprocessing.py")
+    assert script.main(["--data", synthetic_dataset, "--model", model_dir, "--knn-block", "2",
+                        "--knn-bank", "300", "--knn-only"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder block 2" in out and "mean+knn max" in out and "sigma=" not in out
+    with pytest.raises(SystemExit):
+        script.main(["--data", synthetic_dataset, "--model", model_dir, "--knn-only"])
+
+
 def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_dataset, model_dir, tmp_path):
     study = load_script("benchmarks/validation_mixes.py")
     out = tmp_path / "mixes.json"
