@@ -5,7 +5,7 @@
         --group "new default" benchmarks/results/quality-cpu-2core-magnetic_tile-seed0.json ...
 
 Prints one markdown table of the metrics under the rule each run chose on validation
-(mean, and the runs' spread in brackets), then one table of image AUROC per defect type,
+(mean, and the runs' spread in brackets), then tables of image and pixel AUROC per defect type,
 and the lighting-drift rows where the results files have them. Reads only what
 ``benchmarks/quality.py`` wrote; choosing anything here would be choosing on the test set.
 """
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
         if not paths:
             p.error(f"group {name!r} has no results files")
         groups[name] = load(paths)
-    print(metric_table(groups), per_type_table(groups), drift_table(groups), sep="\n\n")
+    print(metric_table(groups), per_type_table(groups), per_type_table(groups, "pixel_auroc"), drift_table(groups),
+          sep="\n\n")
     return 0
 
 
