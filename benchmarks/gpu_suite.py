@@ -198,7 +198,8 @@ def find_data(args, carry: Path | None, work: Path) -> Path:
                 Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=92)
                 png.unlink()
         return root
-    for candidate in ([carry / "data" / "magnetic_tile"] if carry else []) + [Path("/work/shared/data/magnetic_tile")]:
+    beside_checkout = ROOT.parent / "shared" / "data" / "magnetic_tile"
+    for candidate in ([carry / "data" / "magnetic_tile"] if carry else []) + [beside_checkout]:
         if (candidate / "train" / "good").is_dir():
             return candidate
     raise SystemExit("no magnetic tile data: pass --data, or carry a folder built by benchmarks/device/pack.sh")

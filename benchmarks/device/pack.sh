@@ -19,7 +19,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=$ROOT/.device
-DATA=${RAYMAE_MAGNETIC_TILE:-/work/shared/data/magnetic_tile}
+DATA=${RAYMAE_MAGNETIC_TILE:-$ROOT/../shared/data/magnetic_tile}
 TRAIN=200
 TEST=100
 SCIPY=1
