@@ -83,11 +83,8 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
               block: int, bank_size: int) -> None:
     """The kNN map alone and averaged with the model's mean map (both in units of the held-back
     normals' maps, as the normal_mean rule does), on validation data and on the test set."""
-    import dataclasses
-
     from raymae.anomaly_map import normal_quantiles, scale_to_normal
-    from raymae.calibration import VALIDATION_SEED_OFFSET
-    from raymae.corruption import corrupt_batch
+    from raymae.calibration import validation_fakes
 
     cfg = artifact.config
     model = artifact.build_model()
@@ -95,9 +92,7 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
     bank = encoder_tokens(model, cfg, train, block).permute(0, 2, 3, 1).reshape(-1, model.cfg.embed_dim)
     bank = bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size]]
     size = cfg.model.image_size
-    corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption, clean_share=0.0)
-    fakes, _, fake_masks = corrupt_batch(holdout, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
-                                         list(range(len(holdout))))
+    fakes, fake_masks = validation_fakes(holdout, cfg)
     raw_fake = artifact.predictor().raw_maps(fakes)
     knn = {name: knn_maps(encoder_tokens(model, cfg, images, block), bank, size)
            for name, images in (("test", test.images), ("normal", holdout), ("fake", fakes))}

@@ -27,6 +27,15 @@ VALIDATION_SEED_OFFSET = 7_919  # corruptions for validation differ from trainin
 log = logging.getLogger(__name__)
 
 
+def validation_fakes(normals: np.ndarray, cfg: RaymaeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The held-back normals' corrupted copies validation judges map rules on, and their masks."""
+    corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption,
+                                     clean_share=0.0)
+    fakes, _, masks = corrupt_batch(normals, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
+                                    list(range(len(normals))))
+    return fakes, masks
+
+
 def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
                      batch_size: int = 32, raw_normals: RawMaps | None = None) -> dict[str, dict[str, float]]:
     """AUROC of every map rule: held-back normals vs their corrupted copies.
@@ -35,10 +44,7 @@ def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfi
     never trains on), or stage 2's own corruption when that is None. ``cfg.anomaly_map``
     must hold the normal-map quantiles for the ``normal_*`` rules to be judged.
     """
-    corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption,
-                                     clean_share=0.0)
-    fakes, _, fake_masks = corrupt_batch(normals, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
-                                         list(range(len(normals))))
+    fakes, fake_masks = validation_fakes(normals, cfg)
     raw_n = predictor.raw_maps(normals, batch_size) if raw_normals is None else raw_normals
     raw_f = predictor.raw_maps(fakes, batch_size)
     recon = torch.cat([raw_n.recon_error, raw_f.recon_error])
