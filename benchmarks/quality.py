@@ -36,7 +36,7 @@ import torch
 from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map
 from raymae.config import RaymaeConfig
 from raymae.recipes import RECIPES, recipe
-from raymae.corruption import corrupt_seeded
+from raymae.corruption import corrupt_seeded, exposure_change
 from raymae.evaluate import compute_metrics, evaluate, format_table
 from raymae.metrics import image_metrics
 from raymae.training.local import load_training_data, train_local
@@ -128,8 +128,7 @@ def with_lighting_drift(images: np.ndarray, labels: np.ndarray, gain: float) -> 
     """The test images with every *normal* one's brightness multiplied by ``gain`` (clipped to 0-255),
     the defective ones left as they are: a lamp that aged between the normal and the defect photos."""
     out = images.copy()
-    normal = labels == 0
-    out[normal] = np.clip(np.rint(images[normal].astype(np.float32) * gain), 0, 255).astype(np.uint8)
+    out[labels == 0] = exposure_change(images[labels == 0], gain)
     return out
 
 

@@ -31,7 +31,7 @@ ScoreRule = Literal["max", "mean", "topk", "pool"]
 PixelHead = Literal["linear", "fusion", "compare"]
 PixelUpsampling = Literal["patch", "bilinear"]
 Precision = Literal["fp32", "bf16"]
-Intensity = Literal["fixed", "per_image"]
+Intensity = Literal["fixed", "per_image", "per_image_gain"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -196,11 +196,17 @@ class CorruptionConfig:
     variation_share: float = 0.0
     variation_gain: tuple[float, float] = (0.05, 0.3)   # largest relative brightness change
     variation_glare: tuple[float, float] = (0.2, 0.8)   # relative brightening at the highlight's centre
+    # Normal exposure change, left unlabelled: this share of samples (clean or corrupted) first has
+    # its brightness multiplied by one factor from exposure_gain, clipped to 0-255 as a camera clips
+    # (a brighter lamp saturates the light parts). The clean target changes too. 0 = off.
+    exposure_share: float = 0.0
+    exposure_gain: tuple[float, float] = (0.85, 1.15)
 
     def __post_init__(self) -> None:
         shares = {"clean_share": self.clean_share, "perlin_share": self.perlin_share,
                   "line_share": self.line_share, "region_share": self.region_share,
-                  "natural_share": self.natural_share, "variation_share": self.variation_share}
+                  "natural_share": self.natural_share, "variation_share": self.variation_share,
+                  "exposure_share": self.exposure_share}
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"corruption.{name} must be between 0 and 1, not {value}")
@@ -221,6 +227,9 @@ class CorruptionConfig:
         if not 0.0 <= self.variation_gain[0] <= self.variation_gain[1] < 1.0:
             raise ConfigError("corruption.variation_gain must be a range (low, high) with "
                               f"0 <= low <= high < 1, not {self.variation_gain}")
+        if not 0.0 < self.exposure_gain[0] <= self.exposure_gain[1]:
+            raise ConfigError("corruption.exposure_gain must be a range (low, high) of brightness factors "
+                              f"with 0 < low <= high, not {self.exposure_gain}")
         if not 0.0 <= self.variation_glare[0] <= self.variation_glare[1]:
             raise ConfigError("corruption.variation_glare must be a range (low, high) with "
                               f"0 <= low <= high, not {self.variation_glare}")
@@ -285,7 +294,8 @@ class RaymaeConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     # "fixed": every image is normalised with mean/std as it is. "per_image": each image's own
     # intensity mean and spread are standardised first, so a global change of brightness or
-    # contrast (lighting drift) does not change what the model sees.
+    # contrast (lighting drift) does not change what the model sees. "per_image_gain": each image
+    # is divided by its median intensity (a lamp's gain), which keeps local contrast.
     intensity: Intensity = "fixed"
     seed: int = 0
     # Autocast dtype of the training forward passes ("bf16" on GPUs roughly doubles

@@ -23,10 +23,11 @@ labelled anomalous. Two families of corruption are used (see
   rescaled, and Poisson-blended (a sparse solve with SciPy) into random places,
   so the fake defect has no edge; only what really changed is labelled.
 
-Optionally (``variation_share``) the image first gets normal **lighting
-variation** -- a smooth gain over the whole image and sometimes a soft highlight
-band -- which is applied to the clean image as well and never labelled: it
-teaches stage 2 that shading and glare are normal surface appearance.
+Optionally (``exposure_share``) the image first gets another **exposure** -- its
+brightness times one factor, clipped at 255 as a camera clips -- and
+(``variation_share``) normal **lighting variation** -- a smooth gain over the whole image and sometimes a soft highlight
+band. Both are applied to the clean image as well and never labelled: they
+teach stage 2 that exposure, shading and glare are normal surface appearance.
 
 Mask invariant
 --------------
@@ -100,6 +101,8 @@ def corrupt(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator,
     donor = clean if donor is None else _as_rgb_uint8(donor)
     if donor.shape != clean.shape:
         raise ValueError(f"the donor image {donor.shape} must have the image's shape {clean.shape}")
+    if cfg.exposure_share > 0 and rng.random() < cfg.exposure_share:
+        clean = exposure_change(clean, rng.uniform(*cfg.exposure_gain))
     if cfg.variation_share > 0 and rng.random() < cfg.variation_share:
         clean = lighting_variation(clean, cfg, rng)
     if rng.random() < cfg.clean_share:
@@ -557,6 +560,11 @@ def _region_corruption(clean: np.ndarray, cfg: CorruptionConfig,
     target += rng.uniform(*cfg.region_offset) * (1 if rng.random() < 0.5 else -1) * inner[..., None]
     out = img + alpha[..., None] * (target - img)
     return _to_uint8(out), alpha > 0.02
+
+
+def exposure_change(image: np.ndarray, gain: float) -> np.ndarray:
+    """``(H, W, 3) uint8`` with its brightness multiplied by ``gain``, rounded and clipped to 0-255."""
+    return np.clip(np.rint(image.astype(np.float32) * gain), 0, 255).astype(np.uint8)
 
 
 def lighting_variation(image: np.ndarray, cfg: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:

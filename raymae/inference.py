@@ -22,23 +22,46 @@ PER_IMAGE_MEAN, PER_IMAGE_STD = 0.45, 0.2
 
 
 def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu",
-                   per_image: bool = False, like: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                   intensity: str = "fixed", like: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised with mean/std.
 
-    ``per_image`` first standardises each image's intensity -- its mean and spread over
-    all pixels and channels become PER_IMAGE_MEAN and PER_IMAGE_STD -- so a global change
-    of brightness or contrast (an ageing lamp, another shift's exposure) gives the same
-    input. ``like`` takes those statistics from other images of the same shape instead
+    ``intensity`` first makes each image's intensity independent of the lighting:
+
+    * ``"fixed"``: nothing; the image as it is.
+    * ``"per_image"``: its mean and spread over all pixels and channels become
+      PER_IMAGE_MEAN and PER_IMAGE_STD, so a global change of brightness or contrast gives
+      the same input. A large defect changes the spread too and so flattens the rest.
+    * ``"per_image_gain"``: it is divided by its median and multiplied by PER_IMAGE_MEAN --
+      the illumination's gain, estimated where a defect covering less than half the image
+      barely moves it. Undoes a brighter or darker lamp and keeps every local contrast.
+
+    ``like`` takes those statistics from other images of the same shape instead
     (stage 2 scales each clean target as its corrupted input was scaled).
     """
+    if intensity not in INTENSITIES:
+        raise ValueError(f"intensity must be one of {', '.join(INTENSITIES)}, not {intensity!r}")
     x = _unit(images, device)
-    if per_image:
+    if intensity != "fixed":
         ref = x if like is None else _unit(like, device)
-        spread = ref.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0 / 255)
-        x = (x - ref.mean(dim=(1, 2, 3), keepdim=True)) / spread * PER_IMAGE_STD + PER_IMAGE_MEAN
+        x = INTENSITIES[intensity](x, ref)
     m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def _standardise(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W): ``ref``'s mean and spread -> PER_IMAGE_MEAN and PER_IMAGE_STD."""
+    spread = ref.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0 / 255)
+    return (x - ref.mean(dim=(1, 2, 3), keepdim=True)) / spread * PER_IMAGE_STD + PER_IMAGE_MEAN
+
+
+def _divide_by_median(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W): x * PER_IMAGE_MEAN / median(ref); a black image is not blown up."""
+    median = ref.flatten(1).median(dim=1).values.clamp(min=8.0 / 255).view(-1, 1, 1, 1)
+    return x * (PER_IMAGE_MEAN / median)
+
+
+INTENSITIES = {"fixed": None, "per_image": _standardise, "per_image_gain": _divide_by_median}
 
 
 def _unit(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:
@@ -48,7 +71,7 @@ def _unit(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:
 
 def model_input(cfg: RaymaeConfig, images, device="cpu", like=None) -> torch.Tensor:
     """:func:`to_model_input` with the recipe's normalisation (``cfg.intensity``)."""
-    return to_model_input(images, cfg.mean, cfg.std, device, cfg.intensity == "per_image", like)
+    return to_model_input(images, cfg.mean, cfg.std, device, cfg.intensity, like)
 
 
 def to_unit_range(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -202,7 +202,7 @@ def test_per_image_intensity_makes_the_input_blind_to_global_brightness_and_cont
     plain = to_model_input(image, mean, std)
     assert (to_model_input(darker, mean, std) - plain).abs().mean() > 0.1  # the fixed normalisation sees it
     for changed in (darker, flatter):
-        same = to_model_input(changed, mean, std, per_image=True) - to_model_input(image, mean, std, per_image=True)
+        same = to_model_input(changed, mean, std, intensity="per_image") - to_model_input(image, mean, std, intensity="per_image")
         assert same.abs().max() < 0.06  # uint8 rounding only
 
 
@@ -214,8 +214,8 @@ def test_stage2_targets_are_scaled_like_their_corrupted_inputs():
     clean[:, ::2] = 140
     corrupted = clean.copy()
     corrupted[:, 4:12, 4:12] = 10  # a large dark defect shifts the corrupted image's statistics
-    target = to_model_input(clean, mean, std, per_image=True, like=corrupted)
-    x = to_model_input(corrupted, mean, std, per_image=True)
+    target = to_model_input(clean, mean, std, intensity="per_image", like=corrupted)
+    x = to_model_input(corrupted, mean, std, intensity="per_image")
     outside = np.ones((16, 16), bool)
     outside[4:12, 4:12] = False
     assert torch.allclose(target[0, :, outside], x[0, :, outside])  # unchanged pixels need no repair
