@@ -31,9 +31,9 @@ def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu",
     * ``"per_image"``: its mean and spread over all pixels and channels become
       PER_IMAGE_MEAN and PER_IMAGE_STD, so a global change of brightness or contrast gives
       the same input. A large defect changes the spread too and so flattens the rest.
-    * ``"per_image_gain"``: it is divided by its median and multiplied by PER_IMAGE_MEAN --
-      the illumination's gain, estimated where a defect covering less than half the image
-      barely moves it. Undoes a brighter or darker lamp and keeps every local contrast.
+    * ``"per_image_gain"``: it is divided by its median and multiplied by PER_IMAGE_MEAN.
+      Undoes a brighter or darker lamp (a gain) and keeps local contrast: a large defect
+      moves the median far less than it inflates the spread.
 
     ``like`` takes those statistics from other images of the same shape instead
     (stage 2 scales each clean target as its corrupted input was scaled).

@@ -297,6 +297,38 @@ def test_lighting_variation_is_off_by_default_and_its_ranges_are_checked() -> No
         CorruptionConfig(variation_glare=(0.5, 0.1))
 
 
+EXPOSED = CorruptionConfig(clean_share=1.0, exposure_share=1.0, exposure_gain=(1.2, 1.3))  # exposure only
+
+
+def test_an_exposure_change_brightens_the_clean_image_and_clips_it_like_a_camera() -> None:
+    image = np.full((32, 32, 3), 100, dtype=np.uint8)
+    image[:16] = 230                                             # light enough to saturate
+    for index in range(10):
+        s = corrupt_seeded(image, EXPOSED, seed=4, index=index)
+        assert s.kind == "clean" and not s.mask.any() and np.array_equal(s.image, s.clean)
+        assert (s.clean[:16] == 255).all()                       # clipped, as the sensor would
+        assert 120 <= s.clean[16:].min() == s.clean[16:].max() <= 130
+
+
+def test_corruptions_on_an_exposed_image_are_labelled_against_it() -> None:
+    image = _texture(7, 64)
+    cfg = dataclasses.replace(EXPOSED, clean_share=0.0, exposure_gain=(0.8, 0.9))
+    for index in range(20):
+        s = corrupt_seeded(image, cfg, seed=5, index=index)
+        assert s.clean.astype(int).sum() < image.astype(int).sum()   # darker target
+        assert np.array_equal(s.image[~s.mask], s.clean[~s.mask])
+
+
+def test_exposure_change_is_off_by_default_and_its_range_is_checked() -> None:
+    assert CorruptionConfig().exposure_share == 0.0
+    with pytest.raises(ConfigError, match="exposure_share"):
+        CorruptionConfig(exposure_share=-0.1)
+    with pytest.raises(ConfigError, match="exposure_gain"):
+        CorruptionConfig(exposure_gain=(0.0, 1.1))
+    with pytest.raises(ConfigError, match="exposure_gain"):
+        CorruptionConfig(exposure_gain=(1.2, 0.9))
+
+
 # ------------------------------------------------------------------ natural synthetic anomalies
 
 

@@ -206,6 +206,47 @@ def test_per_image_intensity_makes_the_input_blind_to_global_brightness_and_cont
         assert same.abs().max() < 0.06  # uint8 rounding only
 
 
+def test_gain_intensity_undoes_a_brighter_or_darker_lamp():
+    from raymae.inference import to_model_input
+
+    image = np.random.default_rng(1).integers(60, 180, (2, 32, 32, 3)).astype(np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    base = to_model_input(image, mean, std, intensity="per_image_gain")
+    for gain in (0.92, 1.08):
+        changed = np.rint(image * gain).astype(np.uint8)
+        assert (to_model_input(changed, mean, std, intensity="per_image_gain") - base).abs().max() < 0.06
+
+
+def test_gain_intensity_keeps_the_texture_contrast_elsewhere_when_a_large_defect_appears():
+    """A bright region over a third of the image (an "uneven" defect) inflates the image's spread,
+    so per_image standardisation flattens the texture everywhere else; dividing by the median
+    rescales it by the median's small shift only."""
+    from raymae.inference import to_model_input
+
+    image = np.random.default_rng(2).integers(80, 140, (1, 48, 48, 3)).astype(np.uint8)
+    defect = image.copy()
+    defect[:, :16] = np.clip(defect[:, :16].astype(int) + 90, 0, 255)
+    rest = (slice(None), slice(None), slice(16, None))
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    kept = {}
+    for intensity in ("per_image", "per_image_gain"):
+        before = to_model_input(image, mean, std, intensity=intensity)[rest]
+        after = to_model_input(defect, mean, std, intensity=intensity)[rest]
+        kept[intensity] = float(after.std() / before.std())
+    assert kept["per_image"] < 0.5 and 0.85 < kept["per_image_gain"] <= 1.0
+
+
+def test_every_intensity_setting_has_a_normalisation_and_an_unknown_one_is_refused():
+    import typing
+
+    from raymae.config import Intensity
+    from raymae.inference import INTENSITIES, to_model_input
+
+    assert set(typing.get_args(Intensity)) == set(INTENSITIES)
+    with pytest.raises(ValueError, match="per_image_gain"):
+        to_model_input(np.zeros((1, 8, 8, 3), np.uint8), (0.5,) * 3, (0.25,) * 3, intensity="median")
+
+
 def test_stage2_targets_are_scaled_like_their_corrupted_inputs():
     from raymae.inference import to_model_input
 
