@@ -124,6 +124,25 @@ def ablation(artifact, test, device: str) -> dict:
     return rows
 
 
+def with_settings(cfg: RaymaeConfig, settings: list[str]) -> RaymaeConfig:
+    """``cfg`` with each ``SECTION.KEY=VALUE`` applied. VALUE is JSON (``[10,50]``, ``0.5``,
+    ``"per_image"``); a bare word that is not JSON is taken as a string (``per_image``)."""
+    data = cfg.to_dict()
+    for item in settings:
+        key, sep, text = item.partition("=")
+        *sections, name = key.split(".")
+        target = data
+        for section in sections:
+            target = target.get(section) if isinstance(target, dict) else None
+        if not sep or not isinstance(target, dict):
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with a known section")
+        try:
+            target[name] = json.loads(text)
+        except json.JSONDecodeError:
+            target[name] = text
+    return RaymaeConfig.from_dict(data)
+
+
 def with_lighting_drift(images: np.ndarray, labels: np.ndarray, gain: float) -> np.ndarray:
     """The test images with every *normal* one's brightness multiplied by ``gain`` (clipped to 0-255),
     the defective ones left as they are: a lamp that aged between the normal and the defect photos."""
@@ -154,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one recipe setting, e.g. --set stage1.epochs=10 or --set precision=\"fp32\" (JSON values)")
+                   help="override one recipe setting, e.g. --set stage1.steps=400 or --set intensity=per_image_gain (JSON values; a bare word is a string)")
     p.add_argument("--out", help="results file (default benchmarks/results/quality-<machine>.json)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--loader-workers", type=int, default=0,
@@ -169,15 +188,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = recipe(args.recipe).to_dict()
-    for item in args.set:
-        key, value = item.split("=", 1)
-        *sections, name = key.split(".")
-        target = cfg
-        for section in sections:
-            target = target[section]
-        target[name] = json.loads(value)
-    cfg = RaymaeConfig.from_dict(cfg)
+    cfg = with_settings(recipe(args.recipe), args.set)
 
     start = time.time()
     training = load_training_data(args.data, cfg)

@@ -77,6 +77,20 @@ def test_a_time_budget_is_split_into_epochs_by_the_measured_epoch_times():
     assert (tiny.stage1.epochs, tiny.stage2.epochs) == (1, 1)
 
 
+def test_the_quality_benchmark_takes_settings_as_json_or_as_bare_words():
+    quality = load_script("benchmarks/quality.py")
+    from raymae.config import ConfigError
+    from raymae.recipes import recipe
+
+    cfg = quality.with_settings(recipe("cpu"), ["intensity=per_image_gain", 'seed=3',
+                                                "corruption.natural_intensity=[5,20]"])
+    assert (cfg.intensity, cfg.seed, cfg.corruption.natural_intensity) == ("per_image_gain", 3, (5.0, 20.0))
+    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+        quality.with_settings(recipe("cpu"), ["nosuchsection.x=1"])
+    with pytest.raises(ConfigError, match="unknown"):
+        quality.with_settings(recipe("cpu"), ["corruption.no_such_setting=1"])
+
+
 def test_the_quality_benchmark_fits_its_epochs_to_a_budget(synthetic_dataset, tmp_path):
     out = tmp_path / "quality.json"
     tiny = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
