@@ -147,7 +147,8 @@ def with_lighting_drift(images: np.ndarray, labels: np.ndarray, gain: float) -> 
     """The test images with every *normal* one's brightness multiplied by ``gain`` (clipped to 0-255),
     the defective ones left as they are: a lamp that aged between the normal and the defect photos."""
     out = images.copy()
-    out[labels == 0] = exposure_change(images[labels == 0], gain)
+    normal = labels == 0
+    out[normal] = exposure_change(images[normal], gain)
     return out
 
 

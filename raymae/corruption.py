@@ -23,11 +23,11 @@ labelled anomalous. Two families of corruption are used (see
   rescaled, and Poisson-blended (a sparse solve with SciPy) into random places,
   so the fake defect has no edge; only what really changed is labelled.
 
-Optionally (``exposure_share``) the image first gets another **exposure** -- its
-brightness times one factor, clipped at 255 as a camera clips -- and
-(``variation_share``) normal **lighting variation** -- a smooth gain over the whole image and sometimes a soft highlight
-band. Both are applied to the clean image as well and never labelled: they
-teach stage 2 that exposure, shading and glare are normal surface appearance.
+Optionally the image first gets another **exposure** (``exposure_share``: its
+brightness times one factor, clipped at 255 as a camera clips) and normal
+**lighting variation** (``variation_share``: a smooth gain over the whole image,
+sometimes a soft highlight band). Both are applied to the clean image as well and
+never labelled: they teach stage 2 that exposure, shading and glare are normal.
 
 Mask invariant
 --------------

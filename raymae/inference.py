@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from raymae.anomaly_map import make_anomaly_map
-from raymae.config import AnomalyMapConfig, RaymaeConfig
+from raymae.config import AnomalyMapConfig, Intensity, RaymaeConfig
 from raymae.model import MaskedAutoencoderViT
 
 
@@ -22,7 +22,7 @@ PER_IMAGE_MEAN, PER_IMAGE_STD = 0.45, 0.2
 
 
 def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu",
-                   intensity: str = "fixed", like: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                   intensity: Intensity = "fixed", like: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised with mean/std.
 
     ``intensity`` first makes each image's intensity independent of the lighting:
