@@ -31,7 +31,7 @@ ScoreRule = Literal["max", "mean", "topk", "pool"]
 PixelHead = Literal["linear", "fusion", "compare"]
 PixelUpsampling = Literal["patch", "bilinear"]
 Precision = Literal["fp32", "bf16"]
-Intensity = Literal["fixed", "per_image", "per_image_gain"]
+Intensity = Literal["fixed", "per_image", "per_image_gain", "per_image_robust"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -296,6 +296,8 @@ class RaymaeConfig:
     # intensity mean and spread are standardised first, so a global change of brightness or
     # contrast (lighting drift) does not change what the model sees. "per_image_gain": each image
     # is divided by its median intensity (a lamp's gain), which keeps local contrast.
+    # "per_image_robust": "per_image" with the median and interquartile range, which a defect
+    # over less than a quarter of the image hardly moves.
     intensity: Intensity = "fixed"
     seed: int = 0
     # Autocast dtype of the training forward passes ("bf16" on GPUs roughly doubles

@@ -34,6 +34,9 @@ def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu",
     * ``"per_image_gain"``: it is divided by its median and multiplied by PER_IMAGE_MEAN.
       Undoes a brighter or darker lamp (a gain) and keeps local contrast: a large defect
       moves the median far less than it inflates the spread.
+    * ``"per_image_robust"``: like ``"per_image"`` with the median as centre and the
+      interquartile range as spread: a global change of brightness or contrast gives the
+      same input, and a defect over less than a quarter of the image hardly moves either.
 
     ``like`` takes those statistics from other images of the same shape instead
     (stage 2 scales each clean target as its corrupted input was scaled).
@@ -61,7 +64,20 @@ def _divide_by_median(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return x * (PER_IMAGE_MEAN / median)
 
 
-INTENSITIES = {"fixed": None, "per_image": _standardise, "per_image_gain": _divide_by_median}
+def _standardise_robustly(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W): ``ref``'s median and interquartile range -> PER_IMAGE_MEAN and PER_IMAGE_STD.
+
+    The interquartile range is divided by 1.349, a normal distribution's IQR / std, so a
+    Gaussian-looking image is scaled as ``"per_image"`` scales it.
+    """
+    q = torch.quantile(ref.flatten(1), torch.tensor([0.25, 0.5, 0.75], device=ref.device), dim=1)
+    low, median, high = (v.view(-1, 1, 1, 1) for v in q)
+    spread = ((high - low) / 1.349).clamp(min=1.0 / 255)
+    return (x - median) / spread * PER_IMAGE_STD + PER_IMAGE_MEAN
+
+
+INTENSITIES = {"fixed": None, "per_image": _standardise, "per_image_gain": _divide_by_median,
+               "per_image_robust": _standardise_robustly}
 
 
 def _unit(images: np.ndarray | torch.Tensor, device) -> torch.Tensor:

@@ -201,9 +201,11 @@ def test_per_image_intensity_makes_the_input_blind_to_global_brightness_and_cont
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     plain = to_model_input(image, mean, std)
     assert (to_model_input(darker, mean, std) - plain).abs().mean() > 0.1  # the fixed normalisation sees it
-    for changed in (darker, flatter):
-        same = to_model_input(changed, mean, std, intensity="per_image") - to_model_input(image, mean, std, intensity="per_image")
-        assert same.abs().max() < 0.06  # uint8 rounding only
+    for intensity in ("per_image", "per_image_robust"):
+        base = to_model_input(image, mean, std, intensity=intensity)
+        for changed in (darker, flatter):
+            same = to_model_input(changed, mean, std, intensity=intensity) - base
+            assert same.abs().max() < 0.06, intensity  # uint8 rounding only
 
 
 def test_gain_intensity_undoes_a_brighter_or_darker_lamp():
@@ -234,6 +236,24 @@ def test_gain_intensity_keeps_the_texture_contrast_elsewhere_when_a_large_defect
         after = to_model_input(defect, mean, std, intensity=intensity)[rest]
         kept[intensity] = float(after.std() / before.std())
     assert kept["per_image"] < 0.5 and 0.85 < kept["per_image_gain"] <= 1.0
+
+
+def test_robust_intensity_keeps_the_texture_contrast_beside_a_defect_over_a_sixth_of_the_image():
+    """The interquartile range moves little while the defect covers well under a quarter of the
+    image; the standard deviation that per_image divides by does."""
+    from raymae.inference import to_model_input
+
+    image = np.random.default_rng(2).integers(80, 140, (1, 48, 48, 3)).astype(np.uint8)
+    defect = image.copy()
+    defect[:, :8] = np.clip(defect[:, :8].astype(int) + 90, 0, 255)
+    rest = (slice(None), slice(None), slice(8, None))
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    kept = {}
+    for intensity in ("per_image", "per_image_robust"):
+        before = to_model_input(image, mean, std, intensity=intensity)[rest]
+        after = to_model_input(defect, mean, std, intensity=intensity)[rest]
+        kept[intensity] = float(after.std() / before.std())
+    assert kept["per_image"] < 0.5 and kept["per_image_robust"] > 0.8
 
 
 def test_every_intensity_setting_has_a_normalisation_and_an_unknown_one_is_refused():
