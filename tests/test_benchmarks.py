@@ -194,6 +194,24 @@ def test_the_map_postprocessing_experiments_run_on_a_saved_model(synthetic_datas
     assert len(in_defect) == 8 and all(0.0 <= share <= 1.0 for share in in_defect)
 
 
+def test_the_drift_input_study_shows_that_clipping_breaks_a_pure_gain():
+    """A third of the pixels at 255: darker is a pure gain that standardisation undoes; brighter
+    cannot brighten the saturated pixels, so the standardised input moves."""
+    script = load_script("benchmarks/drift_inputs.py")
+    images = np.random.default_rng(0).integers(40, 200, (3, 24, 24, 3)).astype(np.uint8)
+    images[:, :8] = 255
+    assert script.saturated_share(images) == pytest.approx(1 / 3)
+    darker, brighter = (script.input_change(images, gain, "per_image") for gain in (0.92, 1.08))
+    assert darker < 0.01 < brighter
+    assert script.input_change(images, 0.92, "fixed") > 0.1
+
+
+def test_the_drift_input_study_runs_on_a_dataset(synthetic_dataset, capsys):
+    assert load_script("benchmarks/drift_inputs.py").main(["--data", synthetic_dataset, "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "normals_8pct_brighter (x1.08): saturated" in out and "per_image_robust" in out
+
+
 def test_the_knn_study_can_run_alone(synthetic_dataset, model_dir, capsys):
     script = load_script("benchmarks/map_postprocessing.py")
     assert script.main(["--data", synthetic_dataset, "--model", model_dir, "--knn-block", "2",
