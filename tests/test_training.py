@@ -219,41 +219,30 @@ def test_gain_intensity_undoes_a_brighter_or_darker_lamp():
         assert (to_model_input(changed, mean, std, intensity="per_image_gain") - base).abs().max() < 0.06
 
 
-def test_gain_intensity_keeps_the_texture_contrast_elsewhere_when_a_large_defect_appears():
-    """A bright region over a third of the image (an "uneven" defect) inflates the image's spread,
-    so per_image standardisation flattens the texture everywhere else; dividing by the median
-    rescales it by the median's small shift only."""
+def texture_contrast_kept(intensity: str, defect_columns: int) -> float:
+    """Share of the texture contrast (std of the model input) left beside a bright defect over
+    the image's first ``defect_columns`` of 48 columns."""
     from raymae.inference import to_model_input
 
     image = np.random.default_rng(2).integers(80, 140, (1, 48, 48, 3)).astype(np.uint8)
     defect = image.copy()
-    defect[:, :16] = np.clip(defect[:, :16].astype(int) + 90, 0, 255)
-    rest = (slice(None), slice(None), slice(16, None))
-    mean, std = (0.5,) * 3, (0.25,) * 3
-    kept = {}
-    for intensity in ("per_image", "per_image_gain"):
-        before = to_model_input(image, mean, std, intensity=intensity)[rest]
-        after = to_model_input(defect, mean, std, intensity=intensity)[rest]
-        kept[intensity] = float(after.std() / before.std())
-    assert kept["per_image"] < 0.5 and 0.85 < kept["per_image_gain"] <= 1.0
+    defect[:, :defect_columns] = np.clip(defect[:, :defect_columns].astype(int) + 90, 0, 255)
+    rest = (slice(None), slice(None), slice(defect_columns, None))
+    before, after = (to_model_input(x, (0.5,) * 3, (0.25,) * 3, intensity=intensity)[rest] for x in (image, defect))
+    return float(after.std() / before.std())
+
+
+def test_gain_intensity_keeps_the_texture_contrast_elsewhere_when_a_large_defect_appears():
+    """A bright region over a third of the image (an "uneven" defect) inflates the image's spread,
+    so per_image standardisation flattens the texture everywhere else; dividing by the median
+    rescales it by the median's small shift only."""
+    assert texture_contrast_kept("per_image", 16) < 0.5 and 0.85 < texture_contrast_kept("per_image_gain", 16) <= 1.0
 
 
 def test_robust_intensity_keeps_the_texture_contrast_beside_a_defect_over_a_sixth_of_the_image():
     """The interquartile range moves little while the defect covers well under a quarter of the
     image; the standard deviation that per_image divides by does."""
-    from raymae.inference import to_model_input
-
-    image = np.random.default_rng(2).integers(80, 140, (1, 48, 48, 3)).astype(np.uint8)
-    defect = image.copy()
-    defect[:, :8] = np.clip(defect[:, :8].astype(int) + 90, 0, 255)
-    rest = (slice(None), slice(None), slice(8, None))
-    mean, std = (0.5,) * 3, (0.25,) * 3
-    kept = {}
-    for intensity in ("per_image", "per_image_robust"):
-        before = to_model_input(image, mean, std, intensity=intensity)[rest]
-        after = to_model_input(defect, mean, std, intensity=intensity)[rest]
-        kept[intensity] = float(after.std() / before.std())
-    assert kept["per_image"] < 0.5 and kept["per_image_robust"] > 0.8
+    assert texture_contrast_kept("per_image", 8) < 0.5 and texture_contrast_kept("per_image_robust", 8) > 0.8
 
 
 def test_every_intensity_setting_has_a_normalisation_and_an_unknown_one_is_refused():
