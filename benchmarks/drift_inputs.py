@@ -34,7 +34,7 @@ def saturated_share(images: np.ndarray) -> float:
     return float((images == 255).all(axis=-1).mean())
 
 
-def input_change(images: np.ndarray, gain: float, intensity: str) -> float:
+def input_change(images: np.ndarray, gain: float, intensity: Intensity) -> float:
     """Mean absolute change of the model input when ``images`` are lit ``gain`` times as bright."""
     before = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, intensity=intensity)
     after = to_model_input(exposure_change(images, gain), IMAGENET_MEAN, IMAGENET_STD, intensity=intensity)

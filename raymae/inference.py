@@ -54,8 +54,13 @@ def to_model_input(images: np.ndarray | torch.Tensor, mean, std, device="cpu",
 
 def _standardise(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W): ``ref``'s mean and spread -> PER_IMAGE_MEAN and PER_IMAGE_STD."""
-    spread = ref.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0 / 255)
-    return (x - ref.mean(dim=(1, 2, 3), keepdim=True)) / spread * PER_IMAGE_STD + PER_IMAGE_MEAN
+    return _moved(x, ref.mean(dim=(1, 2, 3), keepdim=True), ref.std(dim=(1, 2, 3), keepdim=True))
+
+
+def _moved(x: torch.Tensor, centre: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) with per-image ``centre`` and ``spread`` (N, 1, 1, 1) -> PER_IMAGE_MEAN and
+    PER_IMAGE_STD; a flat image's spread counts as one grey level, so it is not blown up."""
+    return (x - centre) / spread.clamp(min=1.0 / 255) * PER_IMAGE_STD + PER_IMAGE_MEAN
 
 
 def _divide_by_median(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -72,8 +77,7 @@ def _standardise_robustly(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """
     q = torch.quantile(ref.flatten(1), torch.tensor([0.25, 0.5, 0.75], device=ref.device), dim=1)
     low, median, high = (v.view(-1, 1, 1, 1) for v in q)
-    spread = ((high - low) / 1.349).clamp(min=1.0 / 255)
-    return (x - median) / spread * PER_IMAGE_STD + PER_IMAGE_MEAN
+    return _moved(x, median, (high - low) / 1.349)
 
 
 INTENSITIES = {"fixed": None, "per_image": _standardise, "per_image_gain": _divide_by_median,
