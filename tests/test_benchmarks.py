@@ -38,7 +38,8 @@ def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset,
     assert record["recipe"]["model"]["image_size"] == 64
     diagnosis = record["stage2_classifier"]
     assert 0 < diagnosis["anomalous_label_share"] < 0.5 and diagnosis["constant_prediction_ce"] > 0
-    assert set(record["loss_history"][-1]) >= {"stage", "epoch", "loss", "ce", "mse", "ssim"}
+    assert set(record["loss_history"][-1]) >= {"stage", "epoch", "loss", "seconds", "ce", "mse", "ssim"}
+    assert all(e["seconds"] > 0 for e in record["loss_history"])  # what sizing a recipe to a budget needs
 
 
 def test_a_stuck_pixel_classifier_is_told_apart_from_a_learning_one():

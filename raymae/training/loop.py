@@ -198,8 +198,9 @@ class EpochResult:
     parts: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict:
-        """The epoch as one loss-history entry (epochs counted from 1), with the loss's terms."""
-        return {"stage": self.stage, "epoch": self.epoch + 1, "loss": self.loss, **self.parts}
+        """The epoch as one loss-history entry (epochs counted from 1), its wall seconds and the loss's terms."""
+        return {"stage": self.stage, "epoch": self.epoch + 1, "loss": self.loss,
+                "seconds": round(self.seconds, 2), **self.parts}
 
 
 EpochHook = Callable[[EpochResult, MaskedAutoencoderViT, torch.optim.Optimizer], None]

@@ -44,7 +44,7 @@ DONE = 3  # TrainState.stage of a run whose artifact is written
 class RunLog:
     """What a run has done so far, carried from checkpoint to checkpoint.
 
-    history: one {"stage", "epoch", "loss"} per finished epoch;
+    history: one {"stage", "epoch", "loss", "seconds", ...} per finished epoch;
     resumes: one {"stage", "epoch"} per restart from a checkpoint (after a worker
     failure or a resubmission), naming the epochs that were already done.
     """
