@@ -17,7 +17,10 @@ how often a defective image's peak lies inside its defect (else its image score 
 from somewhere a normal image could score too); and, with ``--knn-block K``, a PatchCore-style
 map (each 3x3-pooled encoder token's distance to its nearest neighbour among the training
 images' tokens, arXiv 2106.08265) alone and averaged with the mean map, on validation data
-(held-back normals against unseen-family corruptions) and on the test set.
+(held-back normals against unseen-family corruptions) and on the test set; and, with
+``--score-fusion``, image scores fused rather than maps: P's and R's image scores (R not
+min-max normalised per image) each in standard deviations of the held-back normals' scores,
+then added or the larger taken, on validation data and on the test set.
 These are exploratory test-set numbers, for choosing what to build next, never for
 choosing the product's rule (that is chosen on validation data).
 """
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from raymae import data
-from raymae.anomaly_map import combine, gaussian_smooth, image_score
+from raymae.anomaly_map import combine, gaussian_smooth, image_score, make_anomaly_map
 from raymae.artifact import ModelArtifact
 from raymae.metrics import image_auroc, pixel_auroc
 from raymae.training.local import load_training_data
@@ -84,7 +87,6 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
     """The kNN map alone and averaged with the model's mean map (both in units of the held-back
     normals' maps, as the normal_mean rule does), on validation data and on the test set."""
     from raymae.anomaly_map import normal_quantiles, scale_to_normal
-    from raymae.calibration import validation_fakes
 
     cfg = artifact.config
     model = artifact.build_model()
@@ -92,8 +94,7 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
     bank = encoder_tokens(model, cfg, train, block).permute(0, 2, 3, 1).reshape(-1, model.cfg.embed_dim)
     bank = bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size]]
     size = cfg.model.image_size
-    fakes, fake_masks = validation_fakes(holdout, cfg)
-    raw_fake = artifact.predictor().raw_maps(fakes)
+    fakes, fake_masks, raw_fake = validation_maps(artifact, holdout)
     knn = {name: knn_maps(encoder_tokens(model, cfg, images, block), bank, size)
            for name, images in (("test", test.images), ("normal", holdout), ("fake", fakes))}
     mean = {"test": raw_test, "normal": raw_normal, "fake": raw_fake}
@@ -114,6 +115,43 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
                   f"{pixel_auroc(test.masks, smoothed['test'].numpy()):.3f}", flush=True)
 
 
+def validation_maps(artifact, holdout: np.ndarray):
+    """Validation's defects: the held-back normals' unseen-family corruptions, their masks and R, P."""
+    from raymae.calibration import validation_fakes
+
+    fakes, fake_masks = validation_fakes(holdout, artifact.config)
+    return fakes, fake_masks, artifact.predictor().raw_maps(fakes)
+
+
+def score_fusion_study(artifact, test, raw_test, raw_normal, holdout: np.ndarray) -> None:
+    """Image scores of P and of R fused after scoring (each in standard deviations of the held-back
+    normals' scores, then added or the larger taken) against the model's own rule, on validation
+    data and on the test set."""
+    am = artifact.config.anomaly_map
+    raw = {"normal": raw_normal, "fake": validation_maps(artifact, holdout)[2], "test": raw_test}
+    val_labels = np.r_[np.zeros(len(raw_normal.prob)), np.ones(len(raw["fake"].prob))]
+
+    def report(name: str, score) -> None:
+        val = np.r_[score("normal"), score("fake")]
+        print(f"{name:36s} validation image AUROC {image_auroc(val_labels, val):.3f} | "
+              f"test image AUROC {image_auroc(test.labels, score('test')):.3f}", flush=True)
+
+    report(f"model's rule {am.combination}/{am.score_rule}",
+           lambda k: make_anomaly_map(raw[k].recon_error, raw[k].prob, am)[1].numpy())
+    for rule in ("max", "topk"):
+        alone = {(k, part): image_score(gaussian_smooth(m, am.sigma), rule).numpy()
+                 for k, r in raw.items() for part, m in (("P", r.prob), ("R", r.recon_error))}
+        ref = {part: (alone["normal", part].mean(), alone["normal", part].std() + 1e-12) for part in "PR"}
+
+        def z(k: str, part: str) -> np.ndarray:
+            return (alone[k, part] - ref[part][0]) / ref[part][1]
+
+        for part in "PR":
+            report(f"{part} alone {rule}", lambda k, part=part: alone[k, part])
+        report(f"zP+zR {rule}", lambda k: z(k, "P") + z(k, "R"))
+        report(f"max(zP,zR) {rule}", lambda k: np.maximum(z(k, "P"), z(k, "R")))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="MVTec-AD style dataset the model was trained on")
@@ -123,9 +161,15 @@ def main(argv=None) -> int:
                    help="also try a PatchCore-style kNN map on the tokens after encoder block K (1-based)")
     p.add_argument("--knn-bank", type=int, default=60_000, help="training tokens kept in the kNN bank")
     p.add_argument("--knn-only", action="store_true", help="only the kNN study (needs --knn-block)")
+    p.add_argument("--score-fusion", action="store_true",
+                   help="also fuse P's and R's image scores in units of the held-back normals' scores")
+    p.add_argument("--studies-only", action="store_true",
+                   help="only the studies asked for (--knn-block, --score-fusion), not the map-rule tables")
     args = p.parse_args(argv)
     if args.knn_only and not args.knn_block:
         p.error("--knn-only needs --knn-block K")
+    if args.studies_only and not (args.knn_block or args.score_fusion):
+        p.error("--studies-only needs a study: --knn-block K or --score-fusion")
 
     artifact = ModelArtifact.load(args.model)
     size = artifact.config.model.image_size
@@ -146,7 +190,7 @@ def main(argv=None) -> int:
     def smoothed(raw, comb: str, sigma: float) -> torch.Tensor:
         return gaussian_smooth(combine(raw.recon_error, raw.prob, comb), sigma)
 
-    if not args.knn_only:
+    if not (args.knn_only or args.studies_only):
         test_maps = {(comb, sigma): smoothed(raw_test, comb, sigma)
                      for comb in ("product", "prob", "recon", "mean") for sigma in SIGMAS}
         band = border_band(size)
@@ -174,6 +218,8 @@ def main(argv=None) -> int:
                 row(f"no-border[{comb}] sigma={sigma:g} topk", inner, "topk", pixel=False)
     if args.knn_block:
         knn_study(artifact, args.data, test, raw_test, raw_normal, holdout, args.knn_block - 1, args.knn_bank)
+    if args.score_fusion:
+        score_fusion_study(artifact, test, raw_test, raw_normal, holdout)
     return 0
 
 

@@ -223,6 +223,21 @@ def test_the_knn_study_can_run_alone(synthetic_dataset, model_dir, capsys):
         script.main(["--data", synthetic_dataset, "--model", model_dir, "--knn-only"])
 
 
+def test_the_score_fusion_study_compares_fused_image_scores_with_the_models_rule(synthetic_dataset, model_dir,
+                                                                                capsys):
+    script = load_script("benchmarks/map_postprocessing.py")
+    assert script.main(["--data", synthetic_dataset, "--model", model_dir, "--score-fusion", "--studies-only"]) == 0
+    out = capsys.readouterr().out
+    assert "sigma=" not in out and "knn" not in out
+    rows = {line[:36].strip(): line for line in out.splitlines()}
+    assert any(name.startswith("model's rule ") for name in rows)
+    for name in ("P alone max", "R alone topk", "zP+zR max", "max(zP,zR) topk"):
+        validation, test = (float(part.rsplit(" ", 1)[1]) for part in rows[name].split(" | "))
+        assert 0.0 <= validation <= 1.0 and 0.0 <= test <= 1.0
+    with pytest.raises(SystemExit):  # nothing to run
+        script.main(["--data", synthetic_dataset, "--model", model_dir, "--studies-only"])
+
+
 def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_dataset, model_dir, tmp_path):
     study = load_script("benchmarks/validation_mixes.py")
     out = tmp_path / "mixes.json"
