@@ -138,9 +138,10 @@ def score_fusion_study(artifact, test, raw_test, raw_normal, holdout: np.ndarray
 
     report(f"model's rule {am.combination}/{am.score_rule}",
            lambda k: make_anomaly_map(raw[k].recon_error, raw[k].prob, am)[1].numpy())
+    smooth = {(k, part): gaussian_smooth(m, am.sigma)
+              for k, r in raw.items() for part, m in (("P", r.prob), ("R", r.recon_error))}
     for rule in ("max", "topk"):
-        alone = {(k, part): image_score(gaussian_smooth(m, am.sigma), rule).numpy()
-                 for k, r in raw.items() for part, m in (("P", r.prob), ("R", r.recon_error))}
+        alone = {key: image_score(maps, rule).numpy() for key, maps in smooth.items()}
         ref = {part: (alone["normal", part].mean(), alone["normal", part].std() + 1e-12) for part in "PR"}
 
         def z(k: str, part: str) -> np.ndarray:
