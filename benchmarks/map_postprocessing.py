@@ -20,7 +20,10 @@ images' tokens, arXiv 2106.08265) alone and averaged with the mean map, on valid
 (held-back normals against unseen-family corruptions) and on the test set; and, with
 ``--score-fusion``, image scores fused rather than maps: P's and R's image scores (R not
 min-max normalised per image) each in standard deviations of the held-back normals' scores,
-then added or the larger taken, on validation data and on the test set.
+then added or the larger taken, on validation data and on the test set; and, with
+``--shift-views``, test-time shift averaging: R and P of the image and of copies shifted by
+half a patch (reflect-padded), shifted back and averaged, with the map rule and normal
+quantiles chosen again on validation data as training's calibration does.
 These are exploratory test-set numbers, for choosing what to build next, never for
 choosing the product's rule (that is chosen on validation data).
 """
@@ -36,7 +39,9 @@ import torch
 from raymae import data
 from raymae.anomaly_map import combine, gaussian_smooth, image_score, make_anomaly_map
 from raymae.artifact import ModelArtifact
-from raymae.metrics import image_auroc, pixel_auroc
+from raymae.calibration import calibrate
+from raymae.inference import Predictor
+from raymae.metrics import aupro, image_auroc, pixel_auroc
 from raymae.training.local import load_training_data
 
 SIGMAS = (2.0, 4.0)
@@ -153,6 +158,60 @@ def score_fusion_study(artifact, test, raw_test, raw_normal, holdout: np.ndarray
         report(f"max(zP,zR) {rule}", lambda k: np.maximum(z(k, "P"), z(k, "R")))
 
 
+def shifted_view(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> the same images moved so that view pixel (i, j) shows image pixel
+    (i + dy, j + dx); what falls outside is the image mirrored at its border."""
+    pad = max(abs(dy), abs(dx))
+    if pad == 0:
+        return x
+    h, w = x.shape[1:3]
+    padded = torch.nn.functional.pad(x.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="reflect")
+    return padded[:, :, pad + dy:pad + dy + h, pad + dx:pad + dx + w].round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def shifted_back(maps: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) maps of a :func:`shifted_view` -> the maps in the image's coordinates and
+    (H, W) where they are known (the mirrored border band of the view is dropped)."""
+    h, w = maps.shape[1:]
+    out, known = torch.zeros_like(maps), torch.zeros(h, w, dtype=maps.dtype)
+    src = (slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx)))
+    dst = (slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx)))
+    out[:, dst[0], dst[1]] = maps[:, src[0], src[1]]
+    known[dst] = 1.0
+    return out, known
+
+
+class ShiftAveragingPredictor(Predictor):
+    """The product's predictor with R and P averaged over shifted copies of each image."""
+
+    def __init__(self, artifact, shifts: list[tuple[int, int]]):
+        super().__init__(artifact.build_model(), artifact.config)
+        self.shifts = shifts
+
+    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon, prob, known = 0.0, 0.0, 0.0
+        for dy, dx in self.shifts:
+            r, p = super()._raw(shifted_view(x, dy, dx))
+            (r, k), (p, _) = shifted_back(r, dy, dx), shifted_back(p, dy, dx)
+            recon, prob, known = recon + r, prob + p, known + k
+        return recon / known, prob / known
+
+
+def shift_study(artifact, test, holdout: np.ndarray) -> None:
+    """Test-time shift averaging against one view: rule chosen on validation, test metrics."""
+    h = artifact.config.model.patch_size // 2
+    for name, shifts in (("1 view", [(0, 0)]), ("4 views, half-patch grid", [(0, 0), (0, h), (h, 0), (h, h)]),
+                         ("5 views, half-patch cross", [(0, 0), (-h, 0), (h, 0), (0, -h), (0, h)])):
+        predictor = ShiftAveragingPredictor(artifact, shifts)
+        cfg, cal = calibrate(predictor, holdout, artifact.config)
+        rule = f"{cfg.anomaly_map.combination}/{cfg.anomaly_map.score_rule}"
+        pred = predictor.predict(test.images, map_cfg=cfg.anomaly_map)
+        print(f"shift views: {name:26s} rule {rule:18s} validation image AUROC "
+              f"{cal.validation[rule]['image_auroc']:.3f} | test image AUROC "
+              f"{image_auroc(test.labels, pred.scores):.3f} pixel AUROC {pixel_auroc(test.masks, pred.maps):.3f} "
+              f"AUPRO {aupro(test.masks, pred.maps):.3f}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="MVTec-AD style dataset the model was trained on")
@@ -164,13 +223,16 @@ def main(argv=None) -> int:
     p.add_argument("--knn-only", action="store_true", help="only the kNN study (needs --knn-block)")
     p.add_argument("--score-fusion", action="store_true",
                    help="also fuse P's and R's image scores in units of the held-back normals' scores")
+    p.add_argument("--shift-views", action="store_true",
+                   help="also average R and P over copies shifted by half a patch (test-time augmentation)")
     p.add_argument("--studies-only", action="store_true",
-                   help="only the studies asked for (--knn-block, --score-fusion), not the map-rule tables")
+                   help="only the studies asked for (--knn-block, --score-fusion, --shift-views), "
+                        "not the map-rule tables")
     args = p.parse_args(argv)
     if args.knn_only and not args.knn_block:
         p.error("--knn-only needs --knn-block K")
-    if args.studies_only and not (args.knn_block or args.score_fusion):
-        p.error("--studies-only needs a study: --knn-block K or --score-fusion")
+    if args.studies_only and not (args.knn_block or args.score_fusion or args.shift_views):
+        p.error("--studies-only needs a study: --knn-block K, --score-fusion or --shift-views")
 
     artifact = ModelArtifact.load(args.model)
     size = artifact.config.model.image_size
@@ -221,6 +283,8 @@ def main(argv=None) -> int:
         knn_study(artifact, args.data, test, raw_test, raw_normal, holdout, args.knn_block - 1, args.knn_bank)
     if args.score_fusion:
         score_fusion_study(artifact, test, raw_test, raw_normal, holdout)
+    if args.shift_views:
+        shift_study(artifact, test, holdout)
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tests.scripts import load_script
 
 from raymae.anomaly_map import COMBINATIONS, SCORE_RULES
@@ -245,6 +246,36 @@ def test_the_score_fusion_study_compares_fused_image_scores_with_the_models_rule
     assert auroc["P alone max"][0] == pytest.approx(table["prob/max"]["image_auroc"], abs=6e-4)
     with pytest.raises(SystemExit):  # nothing to run
         script.main(["--data", synthetic_dataset, "--model", model_dir, "--studies-only"])
+
+
+def test_a_shifted_view_maps_back_onto_the_image_it_came_from():
+    script = load_script("benchmarks/map_postprocessing.py")
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8))
+    pointwise = images[..., 0].float()                      # a "map" that depends on each pixel alone
+    for dy, dx in ((0, 4), (4, 0), (-4, 4), (3, -2)):
+        view = script.shifted_view(images, dy, dx)
+        assert view.shape == images.shape and view.dtype == torch.uint8
+        back, known = script.shifted_back(view[..., 0].float(), dy, dx)
+        assert known.sum() == (16 - abs(dy)) * (16 - abs(dx))
+        assert torch.equal(back[:, known.bool()], pointwise[:, known.bool()])
+        assert not torch.equal(view, images)
+
+
+def test_the_shift_study_with_one_view_is_the_models_own_calibration(synthetic_dataset, model_dir, capsys):
+    script = load_script("benchmarks/map_postprocessing.py")
+    assert script.main(["--data", synthetic_dataset, "--model", model_dir, "--shift-views", "--studies-only"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("shift views: ")]
+    assert [row.split()[2] for row in rows] == ["1", "4", "5"]
+    from raymae.artifact import ModelArtifact
+    from raymae.calibration import calibrate
+    from raymae.training.local import load_training_data
+    artifact = ModelArtifact.load(model_dir)
+    holdout = load_training_data(synthetic_dataset, artifact.config).holdout
+    cfg, cal = calibrate(artifact.predictor(), holdout, artifact.config)
+    rule = f"{cfg.anomaly_map.combination}/{cfg.anomaly_map.score_rule}"
+    assert f"rule {rule} " in rows[0]
+    validation = float(rows[0].split("validation image AUROC ")[1].split()[0])
+    assert validation == pytest.approx(cal.validation[rule]["image_auroc"], abs=6e-4)
 
 
 def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_dataset, model_dir, tmp_path):
