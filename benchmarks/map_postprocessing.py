@@ -173,7 +173,7 @@ def shifted_back(maps: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, to
     """(N, H, W) maps of a :func:`shifted_view` -> the maps in the image's coordinates and
     (H, W) where they are known (the mirrored border band of the view is dropped)."""
     h, w = maps.shape[1:]
-    out, known = torch.zeros_like(maps), torch.zeros(h, w, dtype=maps.dtype)
+    out, known = torch.zeros_like(maps), torch.zeros(h, w, dtype=maps.dtype, device=maps.device)
     src = (slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx)))
     dst = (slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx)))
     out[:, dst[0], dst[1]] = maps[:, src[0], src[1]]
@@ -184,8 +184,8 @@ def shifted_back(maps: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, to
 class ShiftAveragingPredictor(Predictor):
     """The product's predictor with R and P averaged over shifted copies of each image."""
 
-    def __init__(self, artifact, shifts: list[tuple[int, int]]):
-        super().__init__(artifact.build_model(), artifact.config)
+    def __init__(self, artifact, shifts: list[tuple[int, int]], device: str = "cpu"):
+        super().__init__(artifact.build_model(), artifact.config, device)
         self.shifts = shifts
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,12 +197,12 @@ class ShiftAveragingPredictor(Predictor):
         return recon / known, prob / known
 
 
-def shift_study(artifact, test, holdout: np.ndarray) -> None:
+def shift_study(artifact, test, holdout: np.ndarray, device: str = "cpu") -> None:
     """Test-time shift averaging against one view: rule chosen on validation, test metrics."""
     h = artifact.config.model.patch_size // 2
     for name, shifts in (("1 view", [(0, 0)]), ("4 views, half-patch grid", [(0, 0), (0, h), (h, 0), (h, h)]),
                          ("5 views, half-patch cross", [(0, 0), (-h, 0), (h, 0), (0, -h), (0, h)])):
-        predictor = ShiftAveragingPredictor(artifact, shifts)
+        predictor = ShiftAveragingPredictor(artifact, shifts, device)
         cfg, cal = calibrate(predictor, holdout, artifact.config)
         rule = f"{cfg.anomaly_map.combination}/{cfg.anomaly_map.score_rule}"
         pred = predictor.predict(test.images, map_cfg=cfg.anomaly_map)
@@ -238,8 +238,10 @@ def main(argv=None) -> int:
     size = artifact.config.model.image_size
     test = data.load_images(data.list_test(args.data), size)
     holdout = load_training_data(args.data, artifact.config).holdout
-    predictor = artifact.predictor(args.device)
-    raw_test, raw_normal = predictor.raw_maps(test.images), predictor.raw_maps(holdout)
+    raw_test = raw_normal = None
+    if not args.studies_only or args.knn_block or args.score_fusion:  # the shift study makes its own
+        predictor = artifact.predictor(args.device)
+        raw_test, raw_normal = predictor.raw_maps(test.images), predictor.raw_maps(holdout)
     labels = test.labels
     print(f"{len(holdout)} held-back normals, {len(labels)} test images")
 
@@ -284,7 +286,7 @@ def main(argv=None) -> int:
     if args.score_fusion:
         score_fusion_study(artifact, test, raw_test, raw_normal, holdout)
     if args.shift_views:
-        shift_study(artifact, test, holdout)
+        shift_study(artifact, test, holdout, args.device)
     return 0
 
 
