@@ -30,7 +30,7 @@ Combination = Literal["product", "prob", "recon", "mean", "isstad", "normal_mean
 ScoreRule = Literal["max", "mean", "topk", "pool"]
 PixelHead = Literal["linear", "fusion", "compare"]
 PixelUpsampling = Literal["patch", "bilinear"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "auto"]
 Intensity = Literal["fixed", "per_image", "per_image_gain", "per_image_robust"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -301,7 +301,9 @@ class RaymaeConfig:
     intensity: Intensity = "fixed"
     seed: int = 0
     # Autocast dtype of the training forward passes ("bf16" on GPUs roughly doubles
-    # throughput); weights, optimiser state and inference stay float32.
+    # throughput); weights, optimiser state and inference stay float32. "auto": bf16 where
+    # the device computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX),
+    # float32 elsewhere (raymae.training.loop.training_precision).
     precision: Precision = "fp32"
 
     def to_dict(self) -> dict[str, Any]:

@@ -212,6 +212,7 @@ def test_train_takes_a_plain_folder_of_normal_images(capsys, tmp_path, synthetic
     assert code == 0, err
     info = ModelArtifact.load(str(tmp_path / "m")).info
     assert info["train_images"] + info["holdout_images"] == n and info["data"] == str(tmp_path / "line-3")
+    assert info["train_precision"] in ("fp32", "bf16")  # what trained, never "auto"
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raymae.training.loop import CorruptedImages, _loader, train_two_stages
+from raymae.training.loop import CorruptedImages, _loader, autocast, train_two_stages, training_precision
 from tests.conftest import tiny_recipe
 
 
@@ -54,6 +54,18 @@ def test_both_stages_train_and_report_finite_losses(precision):
     assert all(np.isfinite(r.loss) and r.loss > 0 for r in seen)
     assert set(seen[-1].parts) == {"ce", "mse", "ssim"}
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    assert training_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert training_precision("bf16", cpu) == "bf16" and training_precision("fp32", cpu) == "fp32"
+    with autocast(dataclasses.replace(tiny_recipe(), precision="auto"), cpu):
+        y = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def test_the_stage2_loss_is_computed_in_float32_inside_a_bf16_autocast_region():

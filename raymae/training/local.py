@@ -19,7 +19,7 @@ from raymae.calibration import calibrate
 from raymae.config import RaymaeConfig
 from raymae.model import MaskedAutoencoderViT
 from raymae.pretrained import load_init_weights
-from raymae.training.loop import EpochResult, train_two_stages
+from raymae.training.loop import EpochResult, train_two_stages, training_precision
 
 log = logging.getLogger("raymae")
 
@@ -48,7 +48,7 @@ def finish_artifact(model: MaskedAutoencoderViT, training: TrainingData, cfg: Ra
     cfg, calibration = calibrate(Predictor(model, cfg, device), training.holdout, cfg)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     info = dict(info, train_images=len(training.train), holdout_images=len(training.holdout),
-                data=training.source)
+                data=training.source, train_precision=training_precision(cfg.precision, torch.device(device)))
     return ModelArtifact(cfg, state, calibration, info)
 
 

@@ -211,9 +211,28 @@ def _unwrap(model: torch.nn.Module) -> MaskedAutoencoderViT:
 
 
 # ------------------------------------------------------------------ epochs
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16" for the training forward passes: ``auto`` is bf16 where native."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(cfg: RaymaeConfig, device: torch.device):
     """The forward-pass autocast context of ``cfg.precision`` (a no-op for fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    enabled = training_precision(cfg.precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
