@@ -26,18 +26,22 @@ def cpu() -> RaymaeConfig:
 
     Stage 2 corrupts with natural anomalies (half), Perlin (a quarter) and self-sourced shapes;
     every image is standardised on its own (``intensity="per_image"``) so lighting drift is not
-    an anomaly.
+    an anomaly. Forward passes run in bf16 where the CPU has AVX512-BF16 or AMX (``precision=
+    "auto"``): stage-2 steps take about 0.7 of their float32 time there, and the time saved
+    buys stage 2 1400 steps instead of 840 (on a CPU without native bf16 it trains in float32,
+    about 30 % longer).
     """
     return RaymaeConfig(
         model=ModelConfig(size="tiny", image_size=128, patch_size=8, depth=6, decoder_depth=2,
                           stage2_extra_blocks=2, pixel_head="fusion"),
         stage1=Stage1Config(steps=840, warmup_steps=63, batch_size=32, lr=1.5e-3),
-        stage2=Stage2Config(steps=840, warmup_steps=42, batch_size=32, lr=4e-3, freeze_encoder=False),
+        stage2=Stage2Config(steps=1400, warmup_steps=42, batch_size=32, lr=4e-3, freeze_encoder=False),
         corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=4,
                                     natural_share=0.5, perlin_share=0.25,
                                     natural_intensity=(10.0, 50.0)),
         anomaly_map=AnomalyMapConfig(sigma=2.0),
         intensity="per_image",
+        precision="auto",
     )
 
 
