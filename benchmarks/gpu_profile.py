@@ -1,6 +1,7 @@
 """Where the time of a GPU quality run goes: start-up, data, corruption (CPU) and the model (GPU).
 
     python benchmarks/gpu_profile.py --data PATH/TO/magnetic_tile --device cuda --workers 12
+    python benchmarks/gpu_profile.py --data PATH/TO/magnetic_tile --recipe cpu --precision fp32 --workers 1
 
 Prints one JSON object: seconds to import torch/timm/raymae, to decode the
 training images, stage-2 corruption throughput in one process and in a pool of
@@ -11,6 +12,7 @@ inference throughput on random input (no data loading), for the ``gpu`` recipe.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,7 +31,7 @@ from raymae.corruption import corrupt_seeded  # noqa: E402
 from raymae.inference import Predictor  # noqa: E402
 from raymae.model import build_model  # noqa: E402
 from raymae.training.local import load_training_data  # noqa: E402
-from raymae.training.loop import autocast, make_optimizer, stage2_loss  # noqa: E402
+from raymae.training.loop import autocast, make_optimizer, stage2_loss, training_precision  # noqa: E402
 
 T_RAYMAE = time.time()
 
@@ -110,10 +112,14 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--corrupt", type=int, default=256, help="images corrupted per measurement")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                   help="training autocast for the model measurements (default: the recipe's)")
     p.add_argument("--corruption-only", action="store_true",
                    help="stop after the corruption throughput (a CPU measurement, no model)")
     args = p.parse_args()
     cfg = recipe(args.recipe)
+    if args.precision:
+        cfg = dataclasses.replace(cfg, precision=args.precision)
     device = torch.device(args.device)
     out = {"import_torch_s": T_TORCH - T0, "import_timm_s": T_TIMM - T_TORCH,
            "import_raymae_s": T_RAYMAE - T_TIMM}
@@ -134,6 +140,7 @@ def main() -> int:
     out["stage1_train_img_per_s"] = train_rate(cfg, 1, cfg.stage1.batch_size, device, args.steps)
     out["stage2_train_img_per_s"] = train_rate(cfg, 2, cfg.stage2.batch_size, device, args.steps)
     out["predict_img_per_s_fp32"] = predict_rate(cfg, device, training.holdout, 32)
+    out["train_precision"] = training_precision(cfg.precision, device)
     out["total_s"] = time.time() - T0
     out["device"] = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(json.dumps(out, indent=1), flush=True)

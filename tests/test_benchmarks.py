@@ -110,9 +110,10 @@ def test_the_quality_benchmark_fits_its_epochs_to_a_budget(synthetic_dataset, tm
 
 def test_the_gpu_profile_runs_on_the_cpu_and_reports_every_stage(synthetic_dataset):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--data", synthetic_dataset,
-           "--recipe", "cpu", "--workers", "2", "--corrupt", "8", "--steps", "1"]
+           "--recipe", "cpu", "--workers", "2", "--corrupt", "8", "--steps", "1", "--precision", "fp32"]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     record = json.loads(done.stdout[done.stdout.rindex("{\n"):])
+    assert record["train_precision"] == "fp32"  # --precision overrides the recipe's auto
     for key in ("corrupt_img_per_s_1proc", "corrupt_img_per_s_2proc", "stage1_train_img_per_s",
                 "stage2_train_img_per_s", "predict_img_per_s_fp32"):
         assert record[key] > 0, key
