@@ -7,7 +7,8 @@ Re-runs calibration on the model's own held-back normals (the same split its tra
 used: the split is a function of the data and the config's seed), so the map rule is chosen
 among every combination and score rule this version knows (the normal-referenced maps
 included) on validation data only, then evaluates on the test set. With a model trained
-before those rules existed, this measures what the new scoring alone is worth.
+before those rules existed, this measures what the new scoring alone is worth. ``--set calibration.KEY=VALUE``
+calibrates with other settings than the model was trained with (e.g. more validation copies).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from raymae.calibration import calibrate
 from raymae.evaluate import evaluate
 from raymae.training.local import load_training_data
 
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import with_settings  # noqa: E402
+
 
 def recalibrated(artifact: ModelArtifact, data_uri: str) -> ModelArtifact:
     """``artifact`` with its map rule and threshold chosen again on its held-back normals."""
@@ -36,13 +40,18 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="the MVTec-AD style folder the model was trained on")
     p.add_argument("--model", required=True, help="a saved model (raymae train --out, quality.py --save-model)")
     p.add_argument("--out", help="results file (JSON); printed when absent")
+    p.add_argument("--set", action="append", default=[], metavar="calibration.KEY=VALUE",
+                   help="calibrate with this setting changed (repeatable)")
     args = p.parse_args(argv)
+    if any(not item.startswith("calibration.") for item in args.set):
+        p.error("--set changes calibration settings only (calibration.KEY=VALUE): the model is trained")
     before = ModelArtifact.load(args.model)
-    after = recalibrated(before, args.data)
+    after = recalibrated(dataclasses.replace(before, config=with_settings(before.config, args.set)), args.data)
     result, _, _ = evaluate(after, args.data)
     amap = before.config.anomaly_map
     record = {
         "command": "python benchmarks/recalibrate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "calibration_settings": args.set,
         "map_rule_before": f"{amap.combination}/{amap.score_rule}",
         "map_rule_chosen_on_validation": result.map_rule,
         "metrics": result.metrics,

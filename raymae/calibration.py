@@ -27,12 +27,22 @@ VALIDATION_SEED_OFFSET = 7_919  # corruptions for validation differ from trainin
 log = logging.getLogger(__name__)
 
 
+def validation_copies(normals: int, cfg: RaymaeConfig) -> int:
+    """Corrupted copies of each of ``normals`` held-back images: about ``validation_defects`` in all."""
+    return max(1, -(-cfg.calibration.validation_defects // normals))
+
+
 def validation_fakes(normals: np.ndarray, cfg: RaymaeConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The held-back normals' corrupted copies validation judges map rules on, and their masks."""
+    """The corrupted copies validation judges map rules on, and their masks.
+
+    ``validation_copies`` copies of each held-back normal ``(N, S, S, 3)``, each corrupted on its
+    own: returns ``(N * copies, S, S, 3)`` uint8 and ``(N * copies, S, S)`` bool.
+    """
     corruption = dataclasses.replace(cfg.calibration.validation_corruption or cfg.corruption,
                                      clean_share=0.0)
-    fakes, _, masks = corrupt_batch(normals, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
-                                    list(range(len(normals))))
+    sources = np.concatenate([normals] * validation_copies(len(normals), cfg))
+    fakes, _, masks = corrupt_batch(sources, corruption, cfg.seed + VALIDATION_SEED_OFFSET,
+                                    list(range(len(sources))))
     return fakes, masks
 
 
@@ -50,7 +60,7 @@ def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfi
     recon = torch.cat([raw_n.recon_error, raw_f.recon_error])
     prob = torch.cat([raw_n.prob, raw_f.prob])
     labels = np.r_[np.zeros(len(normals)), np.ones(len(fakes))]
-    masks = np.concatenate([np.zeros_like(fake_masks), fake_masks])
+    masks = np.concatenate([np.zeros((len(normals), *fake_masks.shape[1:]), bool), fake_masks])
     table = {}
     referenced = cfg.anomaly_map.normal_recon is not None
     for comb in [c for c in COMBINATIONS if referenced or not c.startswith("normal_")]:

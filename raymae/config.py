@@ -278,6 +278,14 @@ class CalibrationConfig:
     # never draws (lines, small shapes), so the rules are judged on anomalies the pixel
     # classifier was not trained on, as real defects are. None = like stage 2's training.
     validation_corruption: CorruptionConfig | None = field(default_factory=unseen_corruption)
+    # About how many synthetic defects judge the rules: ceil(this / held-back normals) copies of each
+    # held-back normal, each corrupted on its own (at least one). More defects mean fewer ties and less
+    # luck of one draw, for a little more inference at calibration.
+    validation_defects: int = 600
+
+    def __post_init__(self) -> None:
+        if self.validation_defects < 1:
+            raise ConfigError(f"calibration.validation_defects must be at least 1, not {self.validation_defects}")
 
 
 @dataclass

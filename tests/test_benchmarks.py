@@ -282,7 +282,8 @@ def test_the_shift_study_with_one_view_is_the_models_own_calibration(synthetic_d
 def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_dataset, model_dir, tmp_path):
     study = load_script("benchmarks/validation_mixes.py")
     out = tmp_path / "mixes.json"
-    assert study.main(["--data", synthetic_dataset, "--model", model_dir, "--out", str(out)]) == 0
+    assert study.main(["--data", synthetic_dataset, "--model", model_dir, "--out", str(out),
+                       "--copies", "1", "2", "--draws", "2"]) == 0
     record = json.loads(out.read_text())
     assert set(record["mixes"]) == set(study.MIXES)
     assert len(record["test_all_rules"]) == len(COMBINATIONS) * len(SCORE_RULES)
@@ -292,6 +293,16 @@ def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_d
         assert table[row["chosen_rule"]] == best  # chosen as training chooses: on validation only
         assert row["test"] == record["test_all_rules"][row["chosen_rule"]]
     assert record["mixes"]["training"]["validation_table"] != record["mixes"]["lines"]["validation_table"]
+    # the copies study: each count drawn twice with independent corruptions, each choice made on validation
+    assert set(record["copies"]) == {"1", "2"}
+    for row in record["copies"].values():
+        assert len(row["draws"]) == 2 and row["pairs_choosing_the_same_rule"] in (0.0, 1.0)
+        assert row["draws"][0]["validation_table"] != row["draws"][1]["validation_table"]
+        for draw in row["draws"]:
+            best = max(draw["validation_table"].values(), key=lambda r: r["image_auroc"] + r["pixel_auroc"])
+            assert draw["validation_table"][draw["chosen_rule"]] == best
+            assert draw["test"] == record["test_all_rules"][draw["chosen_rule"]]
+    assert record["copies"]["1"]["draws"][0]["validation_table"] != record["copies"]["2"]["draws"][0]["validation_table"]
 
 
 def _results_file(path, image_auroc, rule="mean/max", drift=None, status="complete"):
@@ -341,3 +352,19 @@ def test_recalibrating_an_older_model_chooses_among_todays_rules_on_validation(t
     best = max(table.values(), key=lambda r: r["image_auroc"] + r["pixel_auroc"])
     assert table[record["map_rule_chosen_on_validation"]] == best
     assert all(0.0 <= record["metrics"][m] <= 1.0 for m in ("image_auroc", "pixel_auroc"))
+
+
+def test_recalibrating_can_judge_the_rules_on_more_validation_defects(trained_artifact, synthetic_dataset, tmp_path):
+    trained_artifact.save(str(tmp_path / "model"))
+    script = load_script("benchmarks/recalibrate.py")
+    tables = {}
+    for defects in (1, 50):
+        out = tmp_path / f"defects{defects}.json"
+        assert script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--out", str(out),
+                            "--set", f"calibration.validation_defects={defects}"]) == 0
+        record = json.loads(out.read_text())
+        assert record["calibration_settings"] == [f"calibration.validation_defects={defects}"]
+        tables[defects] = record["validation"]
+    assert set(tables[1]) == set(tables[50]) and tables[1] != tables[50]
+    with pytest.raises(SystemExit):  # the model is trained: only calibration can change
+        script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--set", "stage2.lr=1"])

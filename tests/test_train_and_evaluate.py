@@ -110,6 +110,45 @@ def test_by_default_the_map_rule_is_judged_on_corruption_families_stage2_never_t
     assert validation.shape_area[1] <= training.shape_area[1] / 5  # and shapes far smaller than training's
 
 
+def test_validation_judges_the_rules_on_about_validation_defects_corrupted_copies_of_the_held_back_normals():
+    from raymae.calibration import validation_fakes
+    from raymae.config import CalibrationConfig, ConfigError, RaymaeConfig
+
+    normals = np.random.default_rng(0).integers(60, 200, (4, 64, 64, 3), dtype=np.uint8)
+
+    def fakes(defects):
+        return validation_fakes(normals, dataclasses.replace(
+            RaymaeConfig(), calibration=CalibrationConfig(validation_defects=defects)))
+
+    one, one_masks = fakes(4)
+    three, three_masks = fakes(10)  # ceil(10 / 4) = 3 copies of each
+    assert three.shape == (12, 64, 64, 3) and three_masks.shape == (12, 64, 64)
+    assert np.array_equal(three[:4], one) and np.array_equal(three_masks[:4], one_masks)  # the first copies agree
+    assert len(fakes(1)[0]) == 4  # at least one copy of each normal
+    for i in range(4):  # each copy of a normal is corrupted on its own, every one somewhere
+        copies = three_masks[i::4]
+        assert all(m.any() for m in copies)
+        assert len({m.tobytes() for m in copies}) == 3
+    assert RaymaeConfig().calibration.validation_defects == 600
+    with pytest.raises(ConfigError, match="validation_defects"):
+        CalibrationConfig(validation_defects=0)
+
+
+def test_every_map_rule_is_judged_on_all_copies(trained_artifact, synthetic_dataset):
+    from raymae import calibration
+    from raymae.training.local import load_training_data
+
+    cfg = trained_artifact.config
+    holdout = load_training_data(synthetic_dataset, cfg).holdout
+    predictor = trained_artifact.predictor("cpu")
+    one = calibration.validation_table(predictor, holdout, dataclasses.replace(
+        cfg, calibration=dataclasses.replace(cfg.calibration, validation_defects=1)))
+    four = calibration.validation_table(predictor, holdout, dataclasses.replace(
+        cfg, calibration=dataclasses.replace(cfg.calibration, validation_defects=4 * len(holdout))))
+    assert set(four) == set(one) and four != one
+    assert all(0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["pixel_auroc"] <= 1.0 for row in four.values())
+
+
 def test_the_artifact_round_trips_and_scores_identically(trained_artifact, synthetic_dataset, tmp_path):
     trained_artifact.save(str(tmp_path / "model"))
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
