@@ -8,7 +8,8 @@ used: the split is a function of the data and the config's seed), so the map rul
 among every combination and score rule this version knows (the normal-referenced maps
 included) on validation data only, then evaluates on the test set. With a model trained
 before those rules existed, this measures what the new scoring alone is worth. ``--set calibration.KEY=VALUE``
-calibrates with other settings than the model was trained with (e.g. more validation copies).
+calibrates with other settings than the model was trained with (e.g. more validation defects).
+The record has the lighting-drift rows ``quality.py`` writes, under the rule chosen again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from raymae.evaluate import evaluate
 from raymae.training.local import load_training_data
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import with_settings  # noqa: E402
+from quality import lighting_drift, with_settings  # noqa: E402
 
 
 def recalibrated(artifact: ModelArtifact, data_uri: str) -> ModelArtifact:
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         p.error("--set changes calibration settings only (calibration.KEY=VALUE): the model is trained")
     before = ModelArtifact.load(args.model)
     after = recalibrated(dataclasses.replace(before, config=with_settings(before.config, args.set)), args.data)
-    result, _, _ = evaluate(after, args.data)
+    result, test, _ = evaluate(after, args.data)
     amap = before.config.anomaly_map
     record = {
         "command": "python benchmarks/recalibrate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
         "map_rule_chosen_on_validation": result.map_rule,
         "metrics": result.metrics,
         "per_type": result.per_type,
+        "lighting_drift": lighting_drift(after, test, "cpu", result.metrics),
         "validation": after.calibration.validation,
     }
     text = json.dumps(record, indent=2, default=float)

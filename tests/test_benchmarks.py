@@ -364,6 +364,7 @@ def test_recalibrating_can_judge_the_rules_on_more_validation_defects(trained_ar
                             "--set", f"calibration.validation_defects={defects}"]) == 0
         record = json.loads(out.read_text())
         assert record["calibration_settings"] == [f"calibration.validation_defects={defects}"]
+        assert set(record["lighting_drift"]) == {"normals_8pct_darker", "normals_8pct_brighter"}
         tables[defects] = record["validation"]
     assert set(tables[1]) == set(tables[50]) and tables[1] != tables[50]
     with pytest.raises(SystemExit):  # the model is trained: only calibration can change
