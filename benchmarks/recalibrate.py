@@ -7,8 +7,9 @@ Re-runs calibration on the model's own held-back normals (the same split its tra
 used: the split is a function of the data and the config's seed), so the map rule is chosen
 among every combination and score rule this version knows (the normal-referenced maps
 included) on validation data only, then evaluates on the test set. With a model trained
-before those rules existed, this measures what the new scoring alone is worth. ``--set calibration.KEY=VALUE``
-calibrates with other settings than the model was trained with (e.g. more validation defects).
+before those rules existed, this measures what the new scoring alone is worth.
+``--set calibration.KEY=VALUE`` calibrates with other settings than the model was trained
+with (e.g. more validation defects).
 The record has the lighting-drift rows ``quality.py`` writes, under the rule chosen again.
 """
 

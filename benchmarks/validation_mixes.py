@@ -12,10 +12,11 @@ reports the test-set metrics of that choice, next to every rule's test metrics.
 The test set only *reports* what each mix would have chosen; it chooses nothing.
 
 ``--copies 1 2 4 8`` adds a second study: how many corrupted copies of each held-back
-normal the default mix needs (``calibration.validation_defects`` = copies x held-back normals). For each count it draws
-the copies ``--draws`` times with independent corruption seeds (draw 0 is training's own)
-and reports, without the test set, how often two draws choose the same rule and how much a
-rule's validation image AUROC moves between draws; then each draw's choice's test metrics.
+normal the default mix needs (``calibration.validation_defects`` = copies x held-back
+normals). For each count it draws the copies ``--draws`` times with independent corruption
+seeds (draw 0 is training's own) and reports, without the test set, how often two draws
+choose the same rule and how much a rule's validation image AUROC moves between draws; then
+each draw's choice's test metrics.
 """
 
 from __future__ import annotations
