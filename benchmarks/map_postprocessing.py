@@ -39,7 +39,7 @@ import torch
 from raymae import data
 from raymae.anomaly_map import combine, gaussian_smooth, image_score, make_anomaly_map
 from raymae.artifact import ModelArtifact
-from raymae.calibration import calibrate
+from raymae.calibration import calibrate, validation_fakes, validation_masks
 from raymae.inference import Predictor
 from raymae.metrics import aupro, image_auroc, pixel_auroc
 from raymae.training.local import load_training_data
@@ -106,7 +106,7 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
     mean = {k: combine(r.recon_error, r.prob, "mean") for k, r in mean.items()}
     q_knn, q_mean = normal_quantiles(knn["normal"]), normal_quantiles(mean["normal"])
     val_labels = np.r_[np.zeros(len(holdout)), np.ones(len(fakes))]
-    val_masks = np.concatenate([np.zeros_like(fake_masks), fake_masks])
+    val_masks = validation_masks(len(holdout), fake_masks)
     print(f"kNN map: encoder block {block + 1}, 3x3-pooled tokens, bank of {len(bank)} training tokens")
     for name, maps in (("knn", knn), ("mean+knn", {k: 0.5 * (scale_to_normal(knn[k], q_knn)
                                                             + scale_to_normal(mean[k], q_mean)) for k in knn})):
@@ -122,8 +122,6 @@ def knn_study(artifact, data_uri: str, test, raw_test, raw_normal, holdout: np.n
 
 def validation_maps(artifact, holdout: np.ndarray):
     """Validation's defects: the held-back normals' unseen-family corruptions, their masks and R, P."""
-    from raymae.calibration import validation_fakes
-
     fakes, fake_masks = validation_fakes(holdout, artifact.config)
     return fakes, fake_masks, artifact.predictor().raw_maps(fakes)
 

@@ -46,6 +46,12 @@ def validation_fakes(normals: np.ndarray, cfg: RaymaeConfig) -> tuple[np.ndarray
     return fakes, masks
 
 
+def validation_masks(normals: int, fake_masks: np.ndarray) -> np.ndarray:
+    """Pixel labels of validation's images: ``normals`` all-normal masks, then ``fake_masks``
+    ``(M, S, S)``; returns ``(normals + M, S, S)`` bool."""
+    return np.concatenate([np.zeros((normals, *fake_masks.shape[1:]), bool), fake_masks])
+
+
 def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
                      batch_size: int = 32, raw_normals: RawMaps | None = None) -> dict[str, dict[str, float]]:
     """AUROC of every map rule: held-back normals vs their corrupted copies.
@@ -60,7 +66,7 @@ def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfi
     recon = torch.cat([raw_n.recon_error, raw_f.recon_error])
     prob = torch.cat([raw_n.prob, raw_f.prob])
     labels = np.r_[np.zeros(len(normals)), np.ones(len(fakes))]
-    masks = np.concatenate([np.zeros((len(normals), *fake_masks.shape[1:]), bool), fake_masks])
+    masks = validation_masks(len(normals), fake_masks)
     table = {}
     referenced = cfg.anomaly_map.normal_recon is not None
     for comb in [c for c in COMBINATIONS if referenced or not c.startswith("normal_")]:
