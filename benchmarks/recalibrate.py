@@ -9,7 +9,8 @@ among every combination and score rule this version knows (the normal-referenced
 included) on validation data only, then evaluates on the test set. With a model trained
 before those rules existed, this measures what the new scoring alone is worth.
 ``--set calibration.KEY=VALUE`` calibrates with other settings than the model was trained
-with (e.g. more validation defects).
+with (e.g. more validation defects); ``--set anomaly_map.KEY=VALUE`` changes how maps are
+made from the model's outputs (``sigma``, ``topk_fraction``, ``pool_fraction``).
 The record has the lighting-drift rows ``quality.py`` writes, under the rule chosen again.
 """
 
@@ -25,6 +26,9 @@ from raymae.artifact import ModelArtifact
 from raymae.calibration import calibrate
 from raymae.evaluate import evaluate
 from raymae.training.local import load_training_data
+
+# What --set may change: calibration, and the map settings that act after the network.
+SETTABLE = ("calibration.", "anomaly_map.sigma=", "anomaly_map.topk_fraction=", "anomaly_map.pool_fraction=")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import lighting_drift, with_settings  # noqa: E402
@@ -43,10 +47,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="a saved model (raymae train --out, quality.py --save-model)")
     p.add_argument("--out", help="results file (JSON); printed when absent")
     p.add_argument("--set", action="append", default=[], metavar="calibration.KEY=VALUE",
-                   help="calibrate with this setting changed (repeatable)")
+                   help="calibrate with this setting changed (repeatable); also anomaly_map.sigma, "
+                        "anomaly_map.topk_fraction, anomaly_map.pool_fraction")
     args = p.parse_args(argv)
-    if any(not item.startswith("calibration.") for item in args.set):
-        p.error("--set changes calibration settings only (calibration.KEY=VALUE): the model is trained")
+    if any(not item.startswith(SETTABLE) for item in args.set):
+        p.error("--set changes calibration settings (calibration.KEY=VALUE) and anomaly_map.sigma, "
+                "anomaly_map.topk_fraction or anomaly_map.pool_fraction only: the model is trained")
     before = ModelArtifact.load(args.model)
     after = recalibrated(dataclasses.replace(before, config=with_settings(before.config, args.set)), args.data)
     result, test, _ = evaluate(after, args.data)

@@ -369,3 +369,18 @@ def test_recalibrating_can_judge_the_rules_on_more_validation_defects(trained_ar
     assert set(tables[1]) == set(tables[50]) and tables[1] != tables[50]
     with pytest.raises(SystemExit):  # the model is trained: only calibration can change
         script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--set", "stage2.lr=1"])
+
+
+def test_recalibrating_can_smooth_the_maps_differently(trained_artifact, synthetic_dataset, tmp_path):
+    trained_artifact.save(str(tmp_path / "model"))
+    script = load_script("benchmarks/recalibrate.py")
+    pixel = {}
+    for sigma in (1.0, 8.0):
+        out = tmp_path / f"sigma{sigma}.json"
+        assert script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--out", str(out),
+                            "--set", f"anomaly_map.sigma={sigma}"]) == 0
+        pixel[sigma] = {k: v["pixel_auroc"] for k, v in json.loads(out.read_text())["validation"].items()}
+    assert pixel[1.0].keys() == pixel[8.0].keys() and pixel[1.0] != pixel[8.0]
+    with pytest.raises(SystemExit):  # the network's own settings are trained in
+        script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"),
+                     "--set", "anomaly_map.normal_prob=[0,1]"])
