@@ -384,3 +384,35 @@ def test_recalibrating_can_smooth_the_maps_differently(trained_artifact, synthet
     with pytest.raises(SystemExit):  # the network's own settings are trained in
         script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"),
                      "--set", "anomaly_map.normal_prob=[0,1]"])
+
+
+def test_checkpoint_snapshots_are_spread_over_the_end_of_stage_2_and_include_the_last_epoch():
+    study = load_script("benchmarks/checkpoint_choice.py")
+    assert study.snapshot_epochs(67, 5, 0.5) == [33, 41, 49, 58, 66]
+    assert study.snapshot_epochs(67, 1, 0.5) == [66]
+    assert study.snapshot_epochs(3, 5, 0.0) == [0, 1, 2]  # never more snapshots than epochs
+    for bad in ((67, 0, 0.5), (67, 3, 1.0)):
+        with pytest.raises(ValueError):
+            study.snapshot_epochs(*bad)
+
+
+def test_the_checkpoint_study_compares_validations_choice_with_the_last_epoch(synthetic_dataset, tmp_path):
+    out = tmp_path / "checkpoints.json"
+    tiny = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
+            "model.stage2_extra_blocks=1", "stage1.steps=4", "stage2.steps=8", "stage1.batch_size=16",
+            "stage2.batch_size=16", "anomaly_map.sigma=1.0", 'precision="fp32"', "calibration.validation_defects=20"]
+    study = load_script("benchmarks/checkpoint_choice.py")
+    assert study.main(["--data", synthetic_dataset, "--out", str(out), "--snapshots", "2", "--from", "0",
+                       *[arg for s in tiny for arg in ("--set", s)]]) == 0
+    record = json.loads(out.read_text())
+    rows = record["snapshots"]
+    assert [r["epoch"] for r in rows] == [1, record["last"]] and record["last"] > 1
+    best = max(rows, key=lambda r: r["validation_score"])
+    assert rows[[r["epoch"] for r in rows].index(record["chosen_on_validation"])]["validation_score"] == best["validation_score"]
+    chosen = next(r for r in rows if r["epoch"] == record["chosen_on_validation"])
+    assert record["chosen_minus_last_test"]["image_auroc"] == pytest.approx(
+        chosen["test_metrics"]["image_auroc"] - rows[-1]["test_metrics"]["image_auroc"])
+    assert rows[0]["test_metrics"] != rows[-1]["test_metrics"]  # the snapshots are different weights
+    with pytest.raises(SystemExit):
+        study.main(["--data", synthetic_dataset, "--out", str(out), "--snapshots", "0"])
+
