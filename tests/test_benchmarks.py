@@ -354,15 +354,19 @@ def test_recalibrating_an_older_model_chooses_among_todays_rules_on_validation(t
     assert all(0.0 <= record["metrics"][m] <= 1.0 for m in ("image_auroc", "pixel_auroc"))
 
 
+def _recalibrated(script, data: str, model: Path, setting: str, out: Path) -> dict:
+    """The record of ``recalibrate.py`` run on ``model`` with one ``--set``."""
+    assert script.main(["--data", data, "--model", str(model), "--out", str(out), "--set", setting]) == 0
+    return json.loads(out.read_text())
+
+
 def test_recalibrating_can_judge_the_rules_on_more_validation_defects(trained_artifact, synthetic_dataset, tmp_path):
     trained_artifact.save(str(tmp_path / "model"))
     script = load_script("benchmarks/recalibrate.py")
     tables = {}
     for defects in (1, 50):
-        out = tmp_path / f"defects{defects}.json"
-        assert script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--out", str(out),
-                            "--set", f"calibration.validation_defects={defects}"]) == 0
-        record = json.loads(out.read_text())
+        record = _recalibrated(script, synthetic_dataset, tmp_path / "model",
+                               f"calibration.validation_defects={defects}", tmp_path / f"defects{defects}.json")
         assert record["calibration_settings"] == [f"calibration.validation_defects={defects}"]
         assert set(record["lighting_drift"]) == {"normals_8pct_darker", "normals_8pct_brighter"}
         tables[defects] = record["validation"]
@@ -376,10 +380,9 @@ def test_recalibrating_can_smooth_the_maps_differently(trained_artifact, synthet
     script = load_script("benchmarks/recalibrate.py")
     pixel = {}
     for sigma in (1.0, 8.0):
-        out = tmp_path / f"sigma{sigma}.json"
-        assert script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"), "--out", str(out),
-                            "--set", f"anomaly_map.sigma={sigma}"]) == 0
-        pixel[sigma] = {k: v["pixel_auroc"] for k, v in json.loads(out.read_text())["validation"].items()}
+        record = _recalibrated(script, synthetic_dataset, tmp_path / "model", f"anomaly_map.sigma={sigma}",
+                               tmp_path / f"sigma{sigma}.json")
+        pixel[sigma] = {k: v["pixel_auroc"] for k, v in record["validation"].items()}
     assert pixel[1.0].keys() == pixel[8.0].keys() and pixel[1.0] != pixel[8.0]
     with pytest.raises(SystemExit):  # the network's own settings are trained in
         script.main(["--data", synthetic_dataset, "--model", str(tmp_path / "model"),
