@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from raymae.evaluate import evaluate
 from raymae.model import build_model
 from raymae.recipes import RECIPES, recipe
@@ -74,16 +72,19 @@ def main(argv=None) -> int:
         p.error(str(e))
     snapshots: dict[int, dict] = {}
 
-    def hook(result, model, optimizer) -> None:
-        if result.stage == 2 and result.epoch in keep:
+    def hook(result, model, optimizer) -> None:  # the last epoch is training's own calibrated artifact
+        if result.stage == 2 and result.epoch in keep[:-1]:
             snapshots[result.epoch] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def snapshot_artifact(epoch: int):
+        model = build_model(cfg.model, stage2=True)
+        model.load_state_dict(snapshots[epoch])
+        return finish_artifact(model.eval(), training, cfg, last.info, args.device)
 
     last = train_local(args.data, cfg, args.device, on_epoch_end=hook, training=training)
     rows, test = [], None
     for epoch in keep:
-        model = build_model(cfg.model, stage2=True)
-        model.load_state_dict(snapshots[epoch])
-        artifact = finish_artifact(model.eval(), training, cfg, last.info, args.device)
+        artifact = last if epoch == keep[-1] else snapshot_artifact(epoch)
         result, test, _ = evaluate(artifact, args.data, args.device, test=test)
         rows.append({"epoch": epoch + 1, "map_rule": result.map_rule,
                      "validation": artifact.calibration.validation[result.map_rule],

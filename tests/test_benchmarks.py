@@ -14,13 +14,15 @@ from tests.scripts import load_script
 from raymae.anomaly_map import COMBINATIONS, SCORE_RULES
 
 ROOT = Path(__file__).resolve().parents[1]
+# A recipe small enough to train in seconds (--set arguments of the benchmark scripts).
+TINY = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
+        "model.stage2_extra_blocks=1", "stage1.batch_size=16", "stage2.batch_size=16", "anomaly_map.sigma=1.0",
+        'precision="fp32"']
 
 
 def test_the_quality_benchmark_writes_a_complete_results_file(synthetic_dataset, tmp_path):
     out = tmp_path / "quality.json"
-    tiny = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
-            "model.stage2_extra_blocks=1", "stage1.steps=6", "stage2.steps=3", "stage1.batch_size=16",
-            "stage2.batch_size=16", "anomaly_map.sigma=1.0", 'precision="fp32"']
+    tiny = [*TINY, "stage1.steps=6", "stage2.steps=3"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", synthetic_dataset,
            "--out", str(out), "--save-model", str(tmp_path / "model"),
            *[arg for s in tiny for arg in ("--set", s)]]
@@ -401,18 +403,15 @@ def test_checkpoint_snapshots_are_spread_over_the_end_of_stage_2_and_include_the
 
 def test_the_checkpoint_study_compares_validations_choice_with_the_last_epoch(synthetic_dataset, tmp_path):
     out = tmp_path / "checkpoints.json"
-    tiny = ["model.image_size=64", "model.patch_size=8", "model.depth=2", "model.decoder_depth=1",
-            "model.stage2_extra_blocks=1", "stage1.steps=4", "stage2.steps=8", "stage1.batch_size=16",
-            "stage2.batch_size=16", "anomaly_map.sigma=1.0", 'precision="fp32"', "calibration.validation_defects=20"]
+    tiny = [*TINY, "stage1.steps=4", "stage2.steps=8", "calibration.validation_defects=20"]
     study = load_script("benchmarks/checkpoint_choice.py")
     assert study.main(["--data", synthetic_dataset, "--out", str(out), "--snapshots", "2", "--from", "0",
                        *[arg for s in tiny for arg in ("--set", s)]]) == 0
     record = json.loads(out.read_text())
     rows = record["snapshots"]
     assert [r["epoch"] for r in rows] == [1, record["last"]] and record["last"] > 1
-    best = max(rows, key=lambda r: r["validation_score"])
-    assert rows[[r["epoch"] for r in rows].index(record["chosen_on_validation"])]["validation_score"] == best["validation_score"]
     chosen = next(r for r in rows if r["epoch"] == record["chosen_on_validation"])
+    assert chosen["validation_score"] == max(r["validation_score"] for r in rows)
     assert record["chosen_minus_last_test"]["image_auroc"] == pytest.approx(
         chosen["test_metrics"]["image_auroc"] - rows[-1]["test_metrics"]["image_auroc"])
     assert rows[0]["test_metrics"] != rows[-1]["test_metrics"]  # the snapshots are different weights
