@@ -21,6 +21,18 @@ from raymae.config import (AnomalyMapConfig, ConfigError, CorruptionConfig, Mode
                            RaymaeConfig, Stage1Config, Stage2Config)
 
 
+def natural_corruption(perlin_max_scale: int) -> CorruptionConfig:
+    """Stage 2's measured corruption mix for training from scratch.
+
+    Half natural anomalies (patches of another normal image, Poisson-blended, with a soft
+    darker or brighter blob inside), a quarter Perlin regions, the rest self-sourced shapes;
+    shapes and Perlin regions shifted by 10-50 grey levels. ``perlin_max_scale`` grows with
+    the image side (4 at 128 px, 5 at 224 px).
+    """
+    return CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=perlin_max_scale,
+                            natural_share=0.5, perlin_share=0.25, natural_intensity=(10.0, 50.0))
+
+
 def cpu() -> RaymaeConfig:
     """Tiny ViT at 128 px, patch 8: from scratch on 2 CPU cores in about 45 minutes.
 
@@ -37,9 +49,7 @@ def cpu() -> RaymaeConfig:
                           stage2_extra_blocks=2, pixel_head="fusion"),
         stage1=Stage1Config(steps=840, warmup_steps=63, batch_size=32, lr=1.5e-3),
         stage2=Stage2Config(steps=1400, warmup_steps=42, batch_size=32, lr=8e-3, freeze_encoder=False),
-        corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=4,
-                                    natural_share=0.5, perlin_share=0.25,
-                                    natural_intensity=(10.0, 50.0)),
+        corruption=natural_corruption(perlin_max_scale=4),
         anomaly_map=AnomalyMapConfig(sigma=2.0),
         intensity="per_image",
         precision="auto",
@@ -47,15 +57,21 @@ def cpu() -> RaymaeConfig:
 
 
 def gpu() -> RaymaeConfig:
-    """ViT-B/16 at 224 px, bf16 autocast, for one GPU."""
+    """ViT-B/16 at 224 px, bf16 autocast, for one GPU.
+
+    Stage 2 corrupts and standardises as the ``cpu`` recipe does (natural anomalies, per-image
+    intensity): measured on 2 CPU cores, on magnetic tile and bottle, not yet on a GPU
+    (docs/benchmarks.md). Without per-image standardisation a darker lamp is an anomaly.
+    """
     return RaymaeConfig(
         model=ModelConfig(size="base", image_size=224, patch_size=16, stage2_extra_blocks=2,
                           pixel_head="fusion"),
         stage1=Stage1Config(steps=1800, warmup_steps=120, batch_size=128, lr=1e-3, grad_clip=1.0),
         stage2=Stage2Config(steps=1300, warmup_steps=50, batch_size=64, lr=5e-4, grad_clip=1.0,
                             freeze_encoder=False),
-        corruption=CorruptionConfig(intensity_shift=(10.0, 50.0), perlin_max_scale=5),
+        corruption=natural_corruption(perlin_max_scale=5),
         anomaly_map=AnomalyMapConfig(sigma=4.0),
+        intensity="per_image",
         precision="bf16",
     )
 

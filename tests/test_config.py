@@ -48,6 +48,16 @@ def test_every_named_recipe_is_a_valid_complete_config_that_round_trips():
     assert recipe("paper").stage2.freeze_encoder and not recipe("cpu").stage2.freeze_encoder
 
 
+def test_both_from_scratch_recipes_train_on_natural_anomalies_and_standardise_each_image():
+    from raymae.recipes import recipe
+
+    for name in ("cpu", "gpu"):
+        cfg = recipe(name)
+        assert cfg.intensity == "per_image", name  # a darker lamp must not be an anomaly
+        assert cfg.corruption.natural_share == 0.5 and cfg.corruption.natural_intensity == (10.0, 50.0), name
+    assert recipe("paper").intensity != "per_image"  # the paper's setting, for its pretrained encoder
+
+
 def test_an_unknown_recipe_is_named_with_the_choices():
     from raymae.recipes import recipe
 
