@@ -53,14 +53,20 @@ MIXES: dict[str, CorruptionConfig | None] = {
     # large, faint regions (uneven shading), bounded in size
     "regions": CorruptionConfig(perlin_share=0.0, region_share=1.0, region_area=(0.05, 0.3),
                                 region_offset=(12.0, 35.0)),
+    # several sizes at once: a third each of thin lines, one small shape and one bounded region
+    "lines+small-shapes+regions": dataclasses.replace(unseen_corruption(), line_share=1 / 3, region_share=1 / 3,
+                                                      region_area=(0.05, 0.3), region_offset=(12.0, 35.0)),
 }
 
 
-def study(artifact: ModelArtifact, holdout, test_rules: dict[str, dict], device: str = "cpu") -> dict:
-    """Per mix: the validation table, the rule it picks and that rule's test-set metrics."""
+def study(artifact: ModelArtifact, holdout, test_rules: dict[str, dict], device: str = "cpu",
+          mixes: list[str] | None = None) -> dict:
+    """Per mix (all, or those named): the validation table, the rule it picks and that rule's test-set metrics."""
     predictor = artifact.predictor(device)
     out = {}
     for name, mix in MIXES.items():
+        if mixes and name not in mixes:
+            continue
         cfg = dataclasses.replace(artifact.config, calibration=dataclasses.replace(
             artifact.config.calibration, validation_corruption=mix))
         table = calibration.validation_table(predictor, holdout, cfg)
@@ -109,6 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="model artifact written by quality.py --save-model")
     p.add_argument("--out", required=True, help="results file (JSON)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mixes", nargs="+", choices=list(MIXES), metavar="MIX",
+                   help=f"study only these mixes (of {', '.join(MIXES)}); all by default")
     p.add_argument("--copies", type=int, nargs="+", metavar="K",
                    help="also study these counts of validation copies per held-back normal")
     p.add_argument("--draws", type=int, default=3, help="independent corruption draws per count (--copies)")
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
     test = data.load_images(data.list_test(args.data), size)
     holdout = load_training_data(args.data, artifact.config).holdout
     test_rules = ablation(artifact, test, args.device)
-    mixes = study(artifact, holdout, test_rules, args.device)
+    mixes = study(artifact, holdout, test_rules, args.device, args.mixes)
     for name, row in mixes.items():
         t = row["test"]
         print(f"{name:20s} chooses {row['chosen_rule']:13s} test image AUROC {t['image_auroc']:.3f} "

@@ -305,6 +305,11 @@ def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_d
             assert draw["validation_table"][draw["chosen_rule"]] == best
             assert draw["test"] == record["test_all_rules"][draw["chosen_rule"]]
     assert record["copies"]["1"]["draws"][0]["validation_table"] != record["copies"]["2"]["draws"][0]["validation_table"]
+    # --mixes studies only the mixes named, each as the full study would
+    assert study.main(["--data", synthetic_dataset, "--model", model_dir, "--out", str(out),
+                       "--mixes", "lines", "regions"]) == 0
+    named = json.loads(out.read_text())["mixes"]
+    assert set(named) == {"lines", "regions"} and named["lines"] == record["mixes"]["lines"]
 
 
 def _results_file(path, image_auroc, rule="mean/max", drift=None, status="complete"):
