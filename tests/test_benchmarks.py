@@ -312,6 +312,38 @@ def test_the_validation_mix_study_reports_what_each_mix_would_choose(synthetic_d
     assert set(named) == {"lines", "regions"} and named["lines"] == record["mixes"]["lines"]
 
 
+def _mixes_record(data, seed, validation, test, best_test):
+    """A validation_mixes.py record of one model: mix "a" chose rule "r" (validation and test image AUROC)."""
+    table = {"r": {"image_auroc": validation, "pixel_auroc": 0.9}}
+    return {"command": f"python benchmarks/validation_mixes.py --data ../x/{data} --model m --out o.json",
+            "recipe": {"seed": seed}, "test_all_rules": {"r": {"image_auroc": test}, "s": {"image_auroc": best_test}},
+            "mixes": {"a": {"chosen_rule": "r", "validation_table": table, "test": {"image_auroc": test}}}}
+
+
+def test_the_agreement_summary_orders_only_models_that_share_their_held_back_images(tmp_path, capsys):
+    script = load_script("benchmarks/validation_agreement.py")
+    records = [_mixes_record("tile", 0, 0.90, 0.80, 0.85),   # validation orders these two as the test set does
+               _mixes_record("tile", 0, 0.85, 0.70, 0.70),
+               _mixes_record("tile", 0, 0.80, 0.79, 0.80),   # ... but this one above the second, wrongly
+               _mixes_record("tile", 1, 0.99, 0.60, 0.60),   # another seed: other held-back images, no pair
+               _mixes_record("bottle", 0, 0.95, 0.95, 0.97)]
+    row = script.summary(records, gap=0.05)["tile"]["a"]
+    assert (row["models"], row["same_seed_pairs"], row["pairs_ordered_as_test"]) == (4, 3, 2)
+    assert (row["pairs_over_gap"], row["pairs_over_gap_ordered_as_test"]) == (2, 1)  # 0.80-0.79 is within the gap
+    assert row["mean_test_image_auroc_of_choices"] == pytest.approx((0.80 + 0.70 + 0.79 + 0.60) / 4)
+    assert row["mean_regret"] == pytest.approx((0.05 + 0 + 0.01 + 0) / 4)
+    paths = []
+    for i, record in enumerate(records):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(record))
+    assert script.main([str(p) for p in paths]) == 0
+    assert "| bottle | a | 1 | 0.950 | 0.020 | 0/0 | 0/0 |" in capsys.readouterr().out
+    (tmp_path / "other.json").write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(SystemExit):
+        script.main([str(paths[0]), str(tmp_path / "other.json")])
+    assert "validation_mixes.py" in capsys.readouterr().err
+
+
 def _results_file(path, image_auroc, rule="mean/max", drift=None, status="complete"):
     record = {"status": status, "map_rule_chosen_on_validation": rule,
               "metrics": {"image_auroc": image_auroc, "pixel_auroc": 0.7, "aupro": None, "pixel_ap": 0.2},
