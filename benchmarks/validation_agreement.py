@@ -11,7 +11,8 @@ For every mix present in all the files given, per dataset:
 * ranking  -- over every pair of models trained with the same seed on the same data (so the
   same held-back images judge both), how often the mix's validation image AUROC orders the
   pair as their test image AUROC does; also counted over the pairs whose test figures lie
-  more than ``--gap`` apart (differences a recipe decision would act on).
+  more than ``--gap`` apart (differences a recipe decision would act on). ``--validation`` and
+  ``--test`` say which AUROC (image or pixel) orders the pair on each side.
 
 The test set judges the validation here, as validation_mixes.py reports; it chooses no rule.
 """
@@ -33,14 +34,19 @@ def dataset_of(record: dict) -> str:
     return Path(words[words.index("--data") + 1]).name
 
 
-def chosen(record: dict, mix: str) -> tuple[float, float]:
-    """(validation image AUROC, test image AUROC) of the rule ``mix`` chose for this model."""
+METRICS = ("image_auroc", "pixel_auroc")
+
+
+def chosen(record: dict, mix: str, validation: str = "image_auroc", test: str = "image_auroc") -> tuple[float, float]:
+    """(validation, test) figures of the rule ``mix`` chose for this model: the metrics named."""
     row = record["mixes"][mix]
-    return row["validation_table"][row["chosen_rule"]]["image_auroc"], row["test"]["image_auroc"]
+    return row["validation_table"][row["chosen_rule"]][validation], row["test"][test]
 
 
-def summary(records: list[dict], gap: float = 0.015) -> dict[str, dict[str, dict]]:
-    """Per dataset, per mix common to all ``records``: the choices' and the ranking's figures."""
+def summary(records: list[dict], gap: float = 0.015, validation: str = "image_auroc",
+            test: str = "image_auroc") -> dict[str, dict[str, dict]]:
+    """Per dataset, per mix common to all ``records``: the choices' figures (image AUROC) and how
+    the ``validation`` metric orders same-seed pairs against the ``test`` metric."""
     mixes = [m for m in records[0]["mixes"] if all(m in r["mixes"] for r in records)]
     by_dataset = defaultdict(list)
     for record in records:
@@ -52,7 +58,8 @@ def summary(records: list[dict], gap: float = 0.015) -> dict[str, dict[str, dict
             tests = [chosen(r, mix)[1] for r in group]
             regrets = [max(row["image_auroc"] for row in r["test_all_rules"].values()) - chosen(r, mix)[1]
                        for r in group]
-            pairs = [(chosen(a, mix), chosen(b, mix)) for a, b in itertools.combinations(group, 2)
+            pairs = [(chosen(a, mix, validation, test), chosen(b, mix, validation, test))
+                     for a, b in itertools.combinations(group, 2)
                      if a["recipe"]["seed"] == b["recipe"]["seed"]]
             agree = [(va - vb) * (ta - tb) > 0 for (va, ta), (vb, tb) in pairs]
             wide = [(va - vb) * (ta - tb) > 0 for (va, ta), (vb, tb) in pairs if abs(ta - tb) > gap]
@@ -69,15 +76,18 @@ def summary(records: list[dict], gap: float = 0.015) -> dict[str, dict[str, dict
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="results files of benchmarks/validation_mixes.py")
-    p.add_argument("--gap", type=float, default=0.015, help="test image AUROC difference that counts as wide")
+    p.add_argument("--gap", type=float, default=0.015, help="test difference that counts as wide")
+    p.add_argument("--validation", choices=METRICS, default="image_auroc", help="what orders pairs on validation")
+    p.add_argument("--test", choices=METRICS, default="image_auroc", help="what orders pairs on the test set")
     args = p.parse_args(argv)
     records = [json.loads(Path(f).read_text()) for f in args.files]
     if any("mixes" not in r for r in records):
         p.error("every file must be a results file of benchmarks/validation_mixes.py")
-    print(f"| dataset | mix | models | test image AUROC of choices | regret | same-seed pairs ordered as test "
-          f"| pairs > {args.gap:g} apart ordered as test |")
+    order = f"validation {args.validation} orders as test {args.test}"
+    print(f"| dataset | mix | models | test image AUROC of choices | regret | same-seed pairs: {order} "
+          f"| pairs > {args.gap:g} apart on test: {order} |")
     print("|---|---|---|---|---|---|---|")
-    for dataset, rows in summary(records, args.gap).items():
+    for dataset, rows in summary(records, args.gap, args.validation, args.test).items():
         for mix, s in rows.items():
             print(f"| {dataset} | {mix} | {s['models']} | {s['mean_test_image_auroc_of_choices']:.3f} | "
                   f"{s['mean_regret']:.3f} | {s['pairs_ordered_as_test']}/{s['same_seed_pairs']} | "

@@ -338,6 +338,12 @@ def test_the_agreement_summary_orders_only_models_that_share_their_held_back_ima
         paths[-1].write_text(json.dumps(record))
     assert script.main([str(p) for p in paths]) == 0
     assert "| bottle | a | 1 | 0.950 | 0.020 | 0/0 | 0/0 |" in capsys.readouterr().out
+    # validation pixel AUROC in the reverse order of its image AUROC, test pixel AUROC as test image AUROC:
+    # only the pair validation's image AUROC ordered wrongly is now ordered right
+    for record, pixel in zip(records, (0.80, 0.85, 0.90, 0.5, 0.5)):
+        record["mixes"]["a"]["validation_table"]["r"]["pixel_auroc"] = pixel
+        record["mixes"]["a"]["test"]["pixel_auroc"] = record["mixes"]["a"]["test"]["image_auroc"]
+    assert script.summary(records, 0.0, "pixel_auroc", "pixel_auroc")["tile"]["a"]["pairs_ordered_as_test"] == 1
     (tmp_path / "other.json").write_text(json.dumps({"metrics": {}}))
     with pytest.raises(SystemExit):
         script.main([str(paths[0]), str(tmp_path / "other.json")])
