@@ -55,6 +55,7 @@ Pure numpy / PIL / scipy.ndimage; no torch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -667,12 +668,22 @@ def poisson_blend(target: np.ndarray, source: np.ndarray) -> np.ndarray:
     fixed = target.astype(np.float64).copy()
     fixed[1:-1, 1:-1] = 0.0  # the known border values, moved to the right-hand side
     known = fixed[:-2, 1:-1] + fixed[2:, 1:-1] + fixed[1:-1, :-2] + fixed[1:-1, 2:]
-    system = (sparse.kron(sparse.eye(ih), _second_difference(iw))
-              + sparse.kron(_second_difference(ih), sparse.eye(iw))).tocsc()
-    inside = splu(system).solve((lap + known).reshape(ih * iw, chans))
+    inside = _laplacian_lu(ih, iw).solve((lap + known).reshape(ih * iw, chans))
     out = target.astype(np.float64).copy()
     out[1:-1, 1:-1] = inside.reshape(ih, iw, chans)
     return out
+
+
+@functools.lru_cache(maxsize=512)
+def _laplacian_lu(ih: int, iw: int):
+    """SuperLU factors of the 5-point Laplacian on an (ih, iw) grid, zero outside.
+
+    Depends on the patch's shape only, so each shape is factorised once per process
+    and every later patch of that shape costs one triangular solve.
+    """
+    system = (sparse.kron(sparse.eye(ih), _second_difference(iw))
+              + sparse.kron(_second_difference(ih), sparse.eye(iw))).tocsc()
+    return splu(system)
 
 
 def _second_difference(n: int) -> sparse.spmatrix:

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from raymae.config import ConfigError, CorruptionConfig, RaymaeConfig
 from raymae.corruption import (MIN_CHANGE, CorruptedSample, corrupt, corrupt_batch, corrupt_seeded,
-                               donor_index, estimate_foreground, perlin_noise)
+                               donor_index, estimate_foreground, perlin_noise, poisson_blend)
 from raymae.synthetic import make_texture
 
 ALWAYS = CorruptionConfig(clean_share=0.0)
@@ -448,3 +448,21 @@ def test_natural_settings_are_checked() -> None:
 def test_a_donor_of_another_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="donor"):
         corrupt(_texture(1, 32), NATURAL, np.random.default_rng(0), donor=_texture(1, 48))
+
+
+def _laplacian(f: np.ndarray) -> np.ndarray:
+    """The 5-point Laplacian of (h, w, C) ``f`` on its inside: (h-2, w-2, C)."""
+    return 4 * f[1:-1, 1:-1] - f[:-2, 1:-1] - f[2:, 1:-1] - f[1:-1, :-2] - f[1:-1, 2:]
+
+
+@pytest.mark.parametrize("shape", [(9, 14), (14, 9), (5, 5)])
+def test_poisson_blending_keeps_the_border_and_the_source_laplacian_for_every_patch_of_a_shape(shape) -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # the solver's factors are kept per shape: each later patch must be solved as exactly
+        target = rng.uniform(0, 255, (*shape, 3))
+        source = rng.uniform(0, 255, (*shape, 3))
+        out = poisson_blend(target, source)
+        border = np.ones(shape, bool)
+        border[1:-1, 1:-1] = False
+        np.testing.assert_array_equal(out[border], target[border])
+        np.testing.assert_allclose(_laplacian(out), _laplacian(source), atol=1e-8)
