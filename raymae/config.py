@@ -177,7 +177,7 @@ class CorruptionConfig:
     region_edge: tuple[float, float] = (0.005, 0.03)   # edge softness, fraction of the side
     # (e) natural synthetic anomalies (NSA, Schlueter et al. 2022): 1..natural_patches patches cut
     # from *another* normal image, each with its own size (a fraction of the shorter side per
-    # axis) and rescaled by a factor in natural_scale, Poisson-blended (a sparse solve with SciPy)
+    # axis) and rescaled by a factor in natural_scale, Poisson-blended (an exact sine-transform solve)
     # into a random place, so no edge gives them away. Labelled where the blended result differs
     # from the clean image by more than natural_label_threshold grey levels (3x3 mean of the
     # channel-mean change): a pasted piece of identical surface is no defect.

@@ -455,10 +455,10 @@ def _laplacian(f: np.ndarray) -> np.ndarray:
     return 4 * f[1:-1, 1:-1] - f[:-2, 1:-1] - f[2:, 1:-1] - f[1:-1, :-2] - f[1:-1, 2:]
 
 
-@pytest.mark.parametrize("shape", [(9, 14), (14, 9), (5, 5)])
-def test_poisson_blending_keeps_the_border_and_the_source_laplacian_for_every_patch_of_a_shape(shape) -> None:
+@pytest.mark.parametrize("shape", [(9, 14), (14, 9), (5, 5), (3, 40)])
+def test_poisson_blending_keeps_the_border_and_the_source_laplacian_inside(shape) -> None:
     rng = np.random.default_rng(0)
-    for _ in range(3):  # the solver's factors are kept per shape: each later patch must be solved as exactly
+    for _ in range(3):
         target = rng.uniform(0, 255, (*shape, 3))
         source = rng.uniform(0, 255, (*shape, 3))
         out = poisson_blend(target, source)
