@@ -41,6 +41,7 @@ from raymae.evaluate import compute_metrics, evaluate, format_table
 from raymae.metrics import image_metrics
 from raymae.training.local import load_training_data, train_local
 from raymae.training.loop import resolve_schedules, train_two_stages
+from raymae.training.resources import plan_resources
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -177,8 +178,8 @@ def main(argv=None) -> int:
                    help="override one recipe setting, e.g. --set stage1.steps=400 or --set intensity=per_image_gain (JSON values; a bare word is a string)")
     p.add_argument("--out", help="results file (default benchmarks/results/quality-<machine>.json)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--loader-workers", type=int, default=0,
-                   help="DataLoader processes that prepare (corrupt) batches (default 0: in-process)")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="DataLoader processes that prepare (corrupt) batches (default: as raymae train decides)")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="fit both stages' epoch counts to this much training time on this machine")
     p.add_argument("--stage1-share", type=float, default=0.4, help="stage 1's share of the budget")
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
 
     start = time.time()
     training = load_training_data(args.data, cfg)
+    args.loader_workers = plan_resources(args.device.startswith("cuda"),
+                                         loader_workers=args.loader_workers).loader_workers
     probe = None
     if args.budget_minutes:
         probe = epoch_seconds(cfg, training.train, args.device, args.loader_workers)
@@ -210,6 +213,8 @@ def main(argv=None) -> int:
         "recipe_name": args.recipe,
         "budget_minutes": args.budget_minutes,
         "probe_epoch_seconds": probe,
+        "torch_threads": torch.get_num_threads(),
+        "loader_workers": args.loader_workers,
     }
 
     def save(status: str, **fields) -> None:

@@ -37,6 +37,16 @@ _positive = _count(1)
 _non_negative = _count(0)
 
 
+def _loader_workers(value: str) -> int | None:
+    """``auto`` (None: decided per worker) or a count of 0 or more."""
+    if value == "auto":
+        return None
+    try:
+        return _non_negative(value)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (a count of 0 or more, or auto)") from None
+
+
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe (a named recipe, changed by --config, then by these flags)")
     g.add_argument("--recipe", choices=sorted(RECIPES),
@@ -146,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-name", help="resume this run (default: derived from data, out and recipe)")
     t.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    t.add_argument("--loader-workers", type=_loader_workers, default=None, metavar="N|auto",
+                   help="DataLoader processes per worker that corrupt stage 2's batches (default auto: on a GPU "
+                        "every core of the worker's share of its machine but one, at most 12; on CPUs none)")
     add_recipe_arguments(t)
 
     e = sub.add_parser("evaluate", help="metrics of a model on labelled test images",
@@ -239,14 +252,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.local:
         from raymae.training.local import train_local
 
-        artifact = train_local(args.data, cfg, "cuda" if args.gpu else "cpu", args.init)
+        artifact = train_local(args.data, cfg, "cuda" if args.gpu else "cpu", args.init,
+                               loader_workers=args.loader_workers)
         artifact.save(args.out)
     else:
         from raymae.training.ray_driver import TrainJob, run_training
 
         _init_ray()
         artifact = run_training(TrainJob(args.data, args.out, cfg, args.workers, args.gpu, args.init,
-                                         args.storage, args.run_name, args.max_failures))
+                                         args.storage, args.run_name, args.max_failures,
+                                         args.loader_workers))
     c = artifact.calibration
     print(f"model {artifact.model_id} written to {args.out}\n"
           f"map rule {cfg_rule(artifact.config)}  threshold {c.threshold:.4g} "

@@ -461,3 +461,16 @@ def test_the_checkpoint_study_compares_validations_choice_with_the_last_epoch(sy
     with pytest.raises(SystemExit):
         study.main(["--data", synthetic_dataset, "--out", str(out), "--snapshots", "0"])
 
+
+
+def test_the_training_speed_benchmark_times_each_stage_for_every_setting(synthetic_dataset, tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "training_speed.py"), "--data", synthetic_dataset,
+           "--threads", "1", "--loader-workers", "0", "1", "--out", str(out),
+           *[arg for s in TINY for arg in ("--set", s)]]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    record = json.loads(out.read_text())
+    assert [(r["threads"], r["loader_workers"]) for r in record["runs"]] == [(1, 0), (1, 1)]
+    for run in record["runs"]:
+        assert run["stage1_epoch_seconds"] > 0 and run["stage2_epoch_seconds"] > 0
+    assert record["planned"]["threads"] >= 1 and record["machine"]["cpu_cores"] >= 1

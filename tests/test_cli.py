@@ -58,6 +58,17 @@ def test_wrong_arguments_are_explained(capsys):
     assert "--workers: must be at least 1" in capsys.readouterr().err
 
 
+def test_loader_workers_are_a_count_or_auto(capsys):
+    from raymae.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--data", "x", "--out", "y"]).loader_workers is None
+    assert build_parser().parse_args(["train", "--data", "x", "--out", "y", "--loader-workers", "3"]).loader_workers == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "x", "--out", "y", "--loader-workers", "many"])
+    assert exit_info.value.code == 2
+    assert "--loader-workers: 'many' is not a whole number (a count of 0 or more, or auto)" in capsys.readouterr().err
+
+
 def test_a_patch_size_that_does_not_divide_the_image_is_refused(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
                        "--image-size", "100", "--patch-size", "16")

@@ -11,6 +11,7 @@ import pytest
 
 from raymae.artifact import ModelArtifact
 from raymae.training.ray_driver import TrainJob, run_training
+from raymae.training.resources import machine_cores
 from tests.conftest import tiny_recipe
 from tests.ray_faults import actors, kill_actor_process, wait_for
 
@@ -23,6 +24,7 @@ def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthet
     job = TrainJob(data=synthetic_dataset, out="model", config=tiny_recipe(3, 2), workers=2, storage="runs")
     artifact = run_training(job)
     assert artifact.info["workers"] == 2
+    assert artifact.info["torch_threads"] == max(1, machine_cores() // 2)  # each its half of the machine
     saved = ModelArtifact.load(job.out)
     assert saved.model_id == artifact.model_id
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -33,6 +35,16 @@ def test_two_workers_train_both_stages_and_write_the_artifact(ray_local, synthet
     # resubmitting the same job resumes the finished run instead of training again
     again = run_training(job)
     assert again.model_id == artifact.model_id
+
+
+def test_one_worker_trains_on_every_core_not_the_one_cpu_ray_reserved_and_takes_loader_processes(
+        ray_local, synthetic_dataset, tmp_path):
+    job = TrainJob(data=synthetic_dataset, out=str(tmp_path / "model"), config=tiny_recipe(2, 2), workers=1,
+                   storage=str(tmp_path / "runs"), loader_workers=1)
+    artifact = run_training(job)
+    assert artifact.info["torch_threads"] == machine_cores()  # Ray alone would have set OMP_NUM_THREADS=1
+    assert artifact.info["loader_workers"] == 1
+    assert [h["stage"] for h in artifact.info["history"]] == [1, 1, 2, 2]
 
 
 def test_data_checkpoints_and_artifact_can_all_live_in_s3(ray_local, synthetic_dataset, s3_bucket):

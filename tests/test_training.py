@@ -284,14 +284,14 @@ def test_stage2_targets_are_scaled_like_their_corrupted_inputs():
 
 
 def test_the_training_modules_import_one_way_and_only_the_ray_driver_imports_ray():
-    """loop <- local <- ray_driver: each module imports only those before it, and only
+    """resources <- loop <- local <- ray_driver: each module imports only those before it, and only
     ray_driver imports Ray (inside its functions, so importing it starts nothing)."""
     import ast
     from pathlib import Path
 
     import raymae.training
 
-    order = ["loop", "local", "ray_driver"]
+    order = ["resources", "loop", "local", "ray_driver"]
     folder = Path(raymae.training.__file__).parent
     assert sorted(p.stem for p in folder.glob("*.py")) == sorted(["__init__", *order])
     for i, name in enumerate(order):
@@ -305,3 +305,18 @@ def test_the_training_modules_import_one_way_and_only_the_ray_driver_imports_ray
         top_level = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
         top_level |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in top_level if m == "ray" or m.startswith("ray.")}, name
+
+
+def test_a_gpu_worker_gets_loader_processes_for_its_share_of_the_cores_and_a_cpu_worker_its_threads():
+    from raymae.training.resources import MAX_GPU_LOADERS, plan_resources
+
+    gpu = plan_resources(gpu=True, processes_here=1, cores=16)
+    assert gpu.loader_workers == MAX_GPU_LOADERS and gpu.threads == 16 - MAX_GPU_LOADERS
+    assert plan_resources(gpu=True, processes_here=2, cores=8).loader_workers == 3   # 4 cores each, one trains
+    assert plan_resources(gpu=True, cores=1).loader_workers == 0                      # nothing to spare
+    cpu = plan_resources(gpu=False, processes_here=1, cores=2)
+    assert (cpu.threads, cpu.loader_workers) == (2, 0)
+    assert plan_resources(gpu=False, processes_here=2, cores=2).threads == 1          # the demo's two workers
+    assert plan_resources(gpu=False, cores=2, loader_workers=1).loader_workers == 1   # asked for is what runs
+    with pytest.raises(ValueError, match="0 or more"):
+        plan_resources(gpu=False, loader_workers=-1)

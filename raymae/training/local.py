@@ -20,6 +20,7 @@ from raymae.config import RaymaeConfig
 from raymae.model import MaskedAutoencoderViT
 from raymae.pretrained import load_init_weights
 from raymae.training.loop import EpochResult, train_two_stages, training_precision
+from raymae.training.resources import plan_resources
 
 log = logging.getLogger("raymae")
 
@@ -59,14 +60,16 @@ def log_epoch(result: EpochResult) -> None:
 
 
 def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | None = None,
-                on_epoch_end=None, loader_workers: int = 0,
+                on_epoch_end=None, loader_workers: int | None = None,
                 training: TrainingData | None = None) -> ModelArtifact:
     """Both stages and calibration in this process; returns the artifact (not yet saved).
 
     ``loader_workers`` DataLoader processes prepare batches (stage 2's corruption
-    is CPU work that a GPU outruns); ``training`` reuses images already loaded.
+    is CPU work that a GPU outruns; None: :func:`plan_resources` decides; torch keeps its
+    own thread count here, the whole machine); ``training`` reuses images already loaded.
     """
     start = time.time()
+    loader_workers = plan_resources(device.startswith("cuda"), loader_workers=loader_workers).loader_workers
     training = training or load_training_data(uri, cfg)
     init_state = load_init_weights(init, cfg.model).state_dict if init else None
     history: list[dict] = []
@@ -79,5 +82,11 @@ def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | No
 
     model = train_two_stages(cfg, training.train, torch.device(device), init_state=init_state,
                              on_epoch_end=hook, loader_workers=loader_workers)
-    info = {"init": init, "history": history, "train_seconds": round(time.time() - start, 1)}
+    info = {"init": init, "history": history, "train_seconds": round(time.time() - start, 1),
+            **resources_info(loader_workers)}
     return finish_artifact(model, training, cfg, info, device)
+
+
+def resources_info(loader_workers: int) -> dict:
+    """What the artifact records of the CPU its training used."""
+    return {"torch_threads": torch.get_num_threads(), "loader_workers": loader_workers}

@@ -27,8 +27,9 @@ from raymae import storage
 from raymae.artifact import ModelArtifact
 from raymae.config import RaymaeConfig
 from raymae.pretrained import load_init_weights
-from raymae.training.local import finish_artifact, load_training_data, log_epoch
+from raymae.training.local import finish_artifact, load_training_data, log_epoch, resources_info
 from raymae.training.loop import EpochResult, TrainState, train_two_stages
+from raymae.training.resources import plan_resources
 
 log = logging.getLogger("raymae")
 
@@ -88,6 +89,9 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    # Ray pinned this worker to OMP_NUM_THREADS = its reserved CPUs (1): use its share of the machine
+    resources = plan_resources(device.type == "cuda", ctx.get_local_world_size(), config.get("loader_workers"))
+    resources.apply()
 
     state, run_log = TrainState(), RunLog()
     checkpoint = ray.train.get_checkpoint()
@@ -118,12 +122,12 @@ def train_loop_per_worker(config: dict) -> None:
     model = train_two_stages(cfg, training.train, device, state=state, init_state=init_state,
                              wrap_model=ray.train.torch.prepare_model,
                              wrap_loader=ray.train.torch.prepare_data_loader,
-                             world_size=world, on_epoch_end=report)
+                             world_size=world, loader_workers=resources.loader_workers, on_epoch_end=report)
     with tempfile.TemporaryDirectory() as folder:
         ckpt = None
         if rank == 0:
             info = {"init": config.get("init"), "workers": world, "run_name": config["run_name"],
-                    **dataclasses.asdict(run_log)}
+                    **resources_info(resources.loader_workers), **dataclasses.asdict(run_log)}
             artifact = finish_artifact(model, training, cfg, info, device)
             artifact.save(os.path.join(folder, ARTIFACT_DIR))
             _write_meta(folder, "done", 0, run_log)
@@ -145,6 +149,7 @@ class TrainJob:
     storage: str = "./raymae-runs"
     run_name: str | None = None
     max_failures: int = 3
+    loader_workers: int | None = None  # per worker; None: raymae.training.resources decides
 
     def resolved_run_name(self) -> str:
         """Same data, output and recipe -> same name, so a resubmission resumes."""
@@ -176,7 +181,7 @@ def run_training(job: TrainJob) -> ModelArtifact:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"raymae": job.config.to_dict(), "data": job.data, "init": job.init,
-                           "run_name": name},
+                           "run_name": name, "loader_workers": job.loader_workers},
         scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu),
         run_config=ray.train.RunConfig(
             name=name,
