@@ -169,13 +169,18 @@ def lighting_drift(artifact, test, device: str, unchanged: dict) -> dict:
     return rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """--data, --recipe, --device and --set: what the training benchmarks share."""
     p.add_argument("--data", required=True)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one recipe setting, e.g. --set stage1.steps=400 or --set intensity=per_image_gain (JSON values; a bare word is a string)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(p)
     p.add_argument("--out", help="results file (default benchmarks/results/quality-<machine>.json)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--loader-workers", type=int, default=None,

@@ -21,20 +21,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import epoch_seconds, machine, with_settings  # noqa: E402
+from quality import add_training_arguments, epoch_seconds, machine, with_settings  # noqa: E402
 
-from raymae.recipes import RECIPES, recipe  # noqa: E402
+from raymae.recipes import recipe  # noqa: E402
 from raymae.training.local import load_training_data  # noqa: E402
 from raymae.training.resources import plan_resources  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one recipe setting, as benchmarks/quality.py does")
+    add_training_arguments(p)
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     p.add_argument("--loader-workers", type=int, nargs="+", default=[0, 1])
     p.add_argument("--out", required=True, help="results file (JSON)")
