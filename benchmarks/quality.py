@@ -41,7 +41,7 @@ from raymae.evaluate import compute_metrics, evaluate, format_table
 from raymae.metrics import image_metrics
 from raymae.training.local import load_training_data, train_local
 from raymae.training.loop import resolve_schedules, train_two_stages
-from raymae.training.resources import plan_resources
+from raymae.training.resources import plan_resources, resources_used
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -218,8 +218,7 @@ def main(argv=None) -> int:
         "recipe_name": args.recipe,
         "budget_minutes": args.budget_minutes,
         "probe_epoch_seconds": probe,
-        "torch_threads": torch.get_num_threads(),
-        "loader_workers": args.loader_workers,
+        **resources_used(args.loader_workers),
     }
 
     def save(status: str, **fields) -> None:

@@ -20,7 +20,7 @@ from raymae.config import RaymaeConfig
 from raymae.model import MaskedAutoencoderViT
 from raymae.pretrained import load_init_weights
 from raymae.training.loop import EpochResult, train_two_stages, training_precision
-from raymae.training.resources import plan_resources
+from raymae.training.resources import plan_resources, resources_used
 
 log = logging.getLogger("raymae")
 
@@ -83,10 +83,6 @@ def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | No
     model = train_two_stages(cfg, training.train, torch.device(device), init_state=init_state,
                              on_epoch_end=hook, loader_workers=loader_workers)
     info = {"init": init, "history": history, "train_seconds": round(time.time() - start, 1),
-            **resources_info(loader_workers)}
+            **resources_used(loader_workers)}
     return finish_artifact(model, training, cfg, info, device)
 
-
-def resources_info(loader_workers: int) -> dict:
-    """What the artifact records of the CPU its training used."""
-    return {"torch_threads": torch.get_num_threads(), "loader_workers": loader_workers}

@@ -27,9 +27,9 @@ from raymae import storage
 from raymae.artifact import ModelArtifact
 from raymae.config import RaymaeConfig
 from raymae.pretrained import load_init_weights
-from raymae.training.local import finish_artifact, load_training_data, log_epoch, resources_info
+from raymae.training.local import finish_artifact, load_training_data, log_epoch
 from raymae.training.loop import EpochResult, TrainState, train_two_stages
-from raymae.training.resources import plan_resources
+from raymae.training.resources import plan_resources, resources_used
 
 log = logging.getLogger("raymae")
 
@@ -127,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
         ckpt = None
         if rank == 0:
             info = {"init": config.get("init"), "workers": world, "run_name": config["run_name"],
-                    **resources_info(resources.loader_workers), **dataclasses.asdict(run_log)}
+                    **resources_used(resources.loader_workers), **dataclasses.asdict(run_log)}
             artifact = finish_artifact(model, training, cfg, info, device)
             artifact.save(os.path.join(folder, ARTIFACT_DIR))
             _write_meta(folder, "done", 0, run_log)

@@ -31,6 +31,11 @@ class WorkerResources:
         torch.set_num_threads(self.threads)
 
 
+def resources_used(loader_workers: int) -> dict:
+    """What a training run records of the CPU it used (the artifact's ``info``, results files)."""
+    return {"torch_threads": torch.get_num_threads(), "loader_workers": loader_workers}
+
+
 def machine_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS tells it)."""
     try:
