@@ -664,13 +664,11 @@ def poisson_blend(target: np.ndarray, source: np.ndarray) -> np.ndarray:
         return target.astype(np.float64)
     src = source.astype(np.float64)
     lap = 4 * src[1:-1, 1:-1] - src[:-2, 1:-1] - src[2:, 1:-1] - src[1:-1, :-2] - src[1:-1, 2:]
-    fixed = target.astype(np.float64).copy()
-    fixed[1:-1, 1:-1] = 0.0  # the known border values, moved to the right-hand side
-    known = fixed[:-2, 1:-1] + fixed[2:, 1:-1] + fixed[1:-1, :-2] + fixed[1:-1, 2:]
+    out = target.astype(np.float64)  # a copy: its border stays, its inside is solved for
+    out[1:-1, 1:-1] = 0.0  # the known border values, moved to the right-hand side
+    known = out[:-2, 1:-1] + out[2:, 1:-1] + out[1:-1, :-2] + out[1:-1, 2:]
     eigen = _second_difference_eigenvalues(ih)[:, None, None] + _second_difference_eigenvalues(iw)[None, :, None]
-    inside = fft.idstn(fft.dstn(lap + known, type=1, axes=(0, 1)) / eigen, type=1, axes=(0, 1))
-    out = target.astype(np.float64).copy()
-    out[1:-1, 1:-1] = inside
+    out[1:-1, 1:-1] = fft.idstn(fft.dstn(lap + known, type=1, axes=(0, 1)) / eigen, type=1, axes=(0, 1))
     return out
 
 
