@@ -462,7 +462,6 @@ def test_the_checkpoint_study_compares_validations_choice_with_the_last_epoch(sy
         study.main(["--data", synthetic_dataset, "--out", str(out), "--snapshots", "0"])
 
 
-
 def test_the_training_speed_benchmark_times_each_stage_for_every_setting(synthetic_dataset, tmp_path):
     out = tmp_path / "speed.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "training_speed.py"), "--data", synthetic_dataset,

@@ -85,4 +85,3 @@ def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | No
     info = {"init": init, "history": history, "train_seconds": round(time.time() - start, 1),
             **resources_used(loader_workers)}
     return finish_artifact(model, training, cfg, info, device)
-
