@@ -1,12 +1,15 @@
 """The plain-process training loop: data loading workers, precision and loss bookkeeping."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
 import torch
 
-from raymae.training.loop import CorruptedImages, _loader, autocast, train_two_stages, training_precision
+from raymae.training.local import log_epoch
+from raymae.training.loop import (CorruptedImages, EpochResult, _loader, autocast, train_two_stages,
+                                  training_precision)
 from tests.conftest import tiny_recipe
 
 
@@ -50,10 +53,21 @@ def test_both_stages_train_and_report_finite_losses(precision):
     seen = []
     model = train_two_stages(cfg, _images(), torch.device("cpu"),
                              on_epoch_end=lambda result, *_: seen.append(result))
-    assert [(r.stage, r.epoch) for r in seen] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [(r.stage, r.epoch, r.epochs) for r in seen] == [(1, 0, 2), (1, 1, 2), (2, 0, 2), (2, 1, 2)]
     assert all(np.isfinite(r.loss) and r.loss > 0 for r in seen)
     assert set(seen[-1].parts) == {"ce", "mse", "ssim"}
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_each_epoch_logs_its_place_in_the_stage_and_the_time_left_at_its_pace(caplog):
+    caplog.set_level(logging.INFO, logger="raymae")
+    log_epoch(EpochResult(stage=2, epoch=62, loss=0.25, seconds=40.0, parts={"ce": 0.15}, epochs=100))
+    log_epoch(EpochResult(stage=1, epoch=38, loss=0.5, seconds=8.0, epochs=40))
+    log_epoch(EpochResult(stage=1, epoch=39, loss=0.5, seconds=8.0, epochs=40))
+    assert [r.getMessage() for r in caplog.records] == [
+        "stage 2 epoch 63/100 loss 0.2500 ce=0.1500 (40.0s, 25 min left in stage 2)",
+        "stage 1 epoch 39/40 loss 0.5000 (8.0s, 8 s left in stage 1)",
+        "stage 1 epoch 40/40 loss 0.5000 (8.0s)"]
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -54,9 +54,17 @@ def finish_artifact(model: MaskedAutoencoderViT, training: TrainingData, cfg: Ra
 
 
 def log_epoch(result: EpochResult) -> None:
-    parts = " ".join(f"{k}={v:.4f}" for k, v in result.parts.items())
-    log.info("stage %d epoch %d loss %.4f %s(%.1fs)", result.stage, result.epoch + 1, result.loss,
-             parts + " " if parts else "", result.seconds)
+    """One line per epoch: which of the stage's epochs, the loss and its terms, its seconds and,
+    at its pace, the time left in the stage (``stage 2 epoch 63/100 loss ... (38.2s, 24 min left in stage 2)``)."""
+    parts = "".join(f"{k}={v:.4f} " for k, v in result.parts.items())
+    of = f"/{result.epochs}" if result.epochs else ""
+    left = result.seconds_left()
+    eta = ""
+    if left > 0:
+        eta = f", {left / 60:.0f} min" if left >= 90 else f", {left:.0f} s"
+        eta += f" left in stage {result.stage}"
+    log.info("stage %d epoch %d%s loss %.4f %s(%.1fs%s)", result.stage, result.epoch + 1, of, result.loss,
+             parts, result.seconds, eta)
 
 
 def train_local(uri: str, cfg: RaymaeConfig, device: str = "cpu", init: str | None = None,

@@ -192,10 +192,15 @@ class TrainState:
 @dataclass
 class EpochResult:
     stage: int
-    epoch: int
+    epoch: int            # counted from 0
     loss: float
     seconds: float
     parts: dict[str, float] = field(default_factory=dict)
+    epochs: int = 0       # the stage's length in epochs; 0 = not known
+
+    def seconds_left(self) -> float:
+        """The rest of the stage at this epoch's pace (0 when it is the last, or the length is unknown)."""
+        return max(self.epochs - self.epoch - 1, 0) * self.seconds
 
     def record(self) -> dict:
         """The epoch as one loss-history entry (epochs counted from 1), its wall seconds and the loss's terms."""
@@ -273,7 +278,7 @@ def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim
     if not math.isfinite(mean):
         raise FloatingPointError(f"stage {stage} loss became {mean} in epoch {epoch + 1}")
     return EpochResult(stage, epoch, mean, time.time() - start,
-                       {k: float(v) / max(count, 1) for k, v in parts_sum.items()})
+                       {k: float(v) / max(count, 1) for k, v in parts_sum.items()}, epochs=stage_cfg.epochs)
 
 
 def _loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -> DataLoader:
