@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from raymae.calibration import rule_merit
 from raymae.evaluate import evaluate
 from raymae.model import build_model
 from raymae.recipes import RECIPES, recipe
@@ -43,10 +44,9 @@ def snapshot_epochs(epochs: int, snapshots: int, start: float) -> list[int]:
 
 
 def validation_score(artifact) -> float:
-    """Image + pixel AUROC of the rule calibration chose: the figure calibration ranks rules by."""
+    """The validation merit of the rule calibration chose: the figure calibration ranks rules by."""
     am = artifact.config.anomaly_map
-    row = artifact.calibration.validation[f"{am.combination}/{am.score_rule}"]
-    return row["image_auroc"] + row["pixel_auroc"]
+    return rule_merit(artifact.calibration.validation[f"{am.combination}/{am.score_rule}"])
 
 
 def main(argv=None) -> int:

@@ -149,6 +149,59 @@ def test_every_map_rule_is_judged_on_all_copies(trained_artifact, synthetic_data
     assert all(0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["pixel_auroc"] <= 1.0 for row in four.values())
 
 
+class BrightnessPredictor:
+    """A stand-in model whose R and P maps are each pixel's brightness: it reads a brighter
+    lamp as an anomaly. Records the images it is asked about."""
+
+    def __init__(self):
+        self.seen = []
+
+    def raw_maps(self, images, batch_size=32):
+        import torch
+        from raymae.inference import RawMaps
+
+        self.seen.append(images.copy())
+        level = torch.from_numpy(images.astype(np.float32).mean(axis=-1) / 255.0)
+        return RawMaps(recon_error=level, prob=level)
+
+
+def test_validation_can_judge_each_rule_also_with_the_held_back_normals_darker_and_brighter():
+    from raymae import calibration
+    from raymae.config import CalibrationConfig, ConfigError, RaymaeConfig
+    from raymae.corruption import exposure_change
+
+    normals = np.random.default_rng(1).integers(80, 180, (12, 32, 32, 3), dtype=np.uint8)
+    cfg = dataclasses.replace(RaymaeConfig(), calibration=CalibrationConfig(validation_defects=24,
+                                                                            validation_drift=0.08))
+    predictor = BrightnessPredictor()
+    table = calibration.validation_table(predictor, normals, cfg)
+    assert np.array_equal(predictor.seen[2], exposure_change(normals, 0.92))  # the normals 8 % darker,
+    assert np.array_equal(predictor.seen[3], exposure_change(normals, 1.08))  # then 8 % brighter
+    # brighter normals look more anomalous to this model: every rule loses image AUROC under drift
+    assert all(row["image_auroc_drift"] <= row["image_auroc"] for row in table.values())
+    assert any(row["image_auroc_drift"] < row["image_auroc"] - 0.05 for row in table.values())
+
+    plain = calibration.validation_table(BrightnessPredictor(), normals, dataclasses.replace(
+        cfg, calibration=CalibrationConfig(validation_defects=24)))  # the default: no drift
+    assert all("image_auroc_drift" not in row for row in plain.values())
+    assert {k: row["image_auroc"] for k, row in plain.items()} == {k: row["image_auroc"] for k, row in table.items()}
+    with pytest.raises(ConfigError, match="validation_drift"):
+        CalibrationConfig(validation_drift=1.5)
+
+
+def test_a_rule_that_reads_lighting_drift_as_an_anomaly_loses_to_one_that_does_not():
+    from raymae.calibration import best_rule
+    from raymae.config import AnomalyMapConfig
+
+    table = {"mean/max": {"image_auroc": 0.95, "pixel_auroc": 0.99, "image_auroc_drift": 0.85},
+             "product/topk": {"image_auroc": 0.94, "pixel_auroc": 0.99, "image_auroc_drift": 0.94}}
+    chosen = best_rule(table, AnomalyMapConfig())
+    assert (chosen.combination, chosen.score_rule) == ("product", "topk")
+    without_drift = {k: {m: v for m, v in row.items() if m != "image_auroc_drift"} for k, row in table.items()}
+    chosen = best_rule(without_drift, AnomalyMapConfig())
+    assert (chosen.combination, chosen.score_rule) == ("mean", "max")
+
+
 def test_the_artifact_round_trips_and_scores_identically(trained_artifact, synthetic_dataset, tmp_path):
     trained_artifact.save(str(tmp_path / "model"))
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
