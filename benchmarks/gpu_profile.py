@@ -31,7 +31,8 @@ from raymae.corruption import corrupt_seeded  # noqa: E402
 from raymae.inference import Predictor  # noqa: E402
 from raymae.model import build_model  # noqa: E402
 from raymae.training.local import load_training_data  # noqa: E402
-from raymae.training.loop import autocast, make_optimizer, stage2_loss, training_precision  # noqa: E402
+from raymae.training.loop import (autocast, fused_attention, make_optimizer, stage2_loss,  # noqa: E402
+                                  training_precision)
 
 T_RAYMAE = time.time()
 
@@ -64,6 +65,7 @@ def corruption_rate(images, cfg, n: int, workers: int) -> float:
 def train_rate(cfg, stage: int, batch: int, device, steps: int) -> float:
     """Training images per second on random input (model only)."""
     model = build_model(cfg.model, stage2=stage == 2).to(device).train()
+    model.set_fused_attention(fused_attention(cfg, device))  # as training runs it
     opt = make_optimizer(model, cfg.stage1 if stage == 1 else cfg.stage2)
     s = cfg.model.image_size
     x = torch.randn(batch, 3, s, s, device=device)

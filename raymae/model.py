@@ -159,6 +159,13 @@ class MaskedAutoencoderViT(nn.Module):
         for p in self.encoder_parameters():
             p.requires_grad_(not frozen)
 
+    def set_fused_attention(self, fused: bool) -> None:
+        """Every block's attention through torch's fused kernel (SDPA) or timm's explicit
+        softmax(q k^T / sqrt(d)) v: the same function, computed in a different order."""
+        for m in self.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = fused
+
     def set_pixel_prior(self, share: float) -> None:
         """Bias the pixel head's last layer so it starts out predicting ``share`` anomalous.
 

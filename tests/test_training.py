@@ -59,6 +59,40 @@ def test_both_stages_train_and_report_finite_losses(precision):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def _attention_kernels(model) -> set[bool]:
+    return {m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+
+
+def test_explicit_and_fused_attention_compute_the_same_model():
+    from raymae.model import build_model
+
+    torch.manual_seed(0)
+    fused = build_model(tiny_recipe().model, stage2=True).eval()
+    explicit = build_model(tiny_recipe().model, stage2=True).eval()
+    explicit.load_state_dict(fused.state_dict())
+    explicit.set_fused_attention(False)
+    assert _attention_kernels(fused) == {True} and _attention_kernels(explicit) == {False}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = fused(x), explicit(x)
+    assert torch.allclose(a.recon, b.recon, atol=1e-5) and torch.allclose(a.logits[0], b.logits[0], atol=1e-5)
+
+
+def test_a_cpu_trains_in_bf16_with_explicit_attention_and_hands_back_the_fused_kernel():
+    from raymae.training.loop import fused_attention
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    bf16 = dataclasses.replace(tiny_recipe(stage1_epochs=1, stage2_epochs=1), precision="bf16")
+    assert not fused_attention(bf16, cpu)  # the CPU's fused bf16 backward is the slow one
+    assert fused_attention(dataclasses.replace(bf16, precision="fp32"), cpu)
+    assert fused_attention(bf16, gpu)
+    during = []
+    model = train_two_stages(bf16, _images(), cpu,
+                             on_epoch_end=lambda result, m, _: during.append(_attention_kernels(m)))
+    assert during == [{False}, {False}]  # both stages
+    assert _attention_kernels(model) == {True}  # inference (float32) keeps the fused kernel
+
+
 def test_each_epoch_logs_its_place_in_the_stage_and_the_time_left_at_its_pace(caplog):
     caplog.set_level(logging.INFO, logger="raymae")
     log_epoch(EpochResult(stage=2, epoch=62, loss=0.25, seconds=40.0, parts={"ce": 0.15}, epochs=100))

@@ -240,6 +240,13 @@ def autocast(cfg: RaymaeConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def fused_attention(cfg: RaymaeConfig, device: torch.device) -> bool:
+    """Whether training runs attention through the fused kernel: everywhere but a CPU training
+    in bf16, where that kernel's backward is slow (explicit attention: a stage-2 step of the
+    ``cpu`` recipe about 20 % shorter, docs/benchmarks.md)."""
+    return not (device.type == "cpu" and training_precision(cfg.precision, device) == "bf16")
+
+
 def run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
               cfg: RaymaeConfig, stage: int, epoch: int, global_batch: int,
               device: torch.device) -> EpochResult:
@@ -337,6 +344,7 @@ def _run_stage(cfg, stage, model, dataset, device, state, wrap_model, wrap_loade
     if state.epoch >= stage_cfg.epochs:
         return
     model.to(device)
+    model.set_fused_attention(fused_attention(cfg, device))
     optimizer = make_optimizer(model, stage_cfg)
     if state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
@@ -350,3 +358,4 @@ def _run_stage(cfg, stage, model, dataset, device, state, wrap_model, wrap_loade
             loader.sampler.set_epoch(epoch)
         result = run_epoch(wrapped, loader, optimizer, cfg, stage, epoch, global_batch, device)
         hook(result, model, optimizer)
+    model.set_fused_attention(True)  # inference runs in float32, where the fused kernel is the faster
