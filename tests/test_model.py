@@ -160,3 +160,17 @@ def test_bilinear_upsampling_gives_full_resolution_logits_from_one_vector_per_to
     assert [tuple(lg.shape) for lg in out.logits] == [(2, 2, 32, 32)]
     linear = build_model(ModelConfig(**{**CFG.__dict__, "pixel_upsampling": "bilinear"}), stage2=True)
     assert linear.forward_stage2(torch.randn(1, 3, 32, 32)).logits[0].shape == (1, 2, 32, 32)
+
+
+def test_the_pixel_head_runs_channels_last_and_computes_what_it_computes_in_the_plain_layout():
+    model = build_model(ModelConfig(**{**CFG.__dict__, "pixel_head": "fusion"}), stage2=True).eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    seg = torch.randn(2, 16, model.seg_heads[0].out_features)
+    maps = model.token_map(seg)
+    plain = model.unpatchify(seg, chans=model.pixel_fusion.WIDTH).contiguous()
+    assert maps.is_contiguous(memory_format=torch.channels_last) and torch.equal(maps, plain)
+    head = model.pixel_fusion
+    with torch.no_grad():
+        channels_last = head(maps, head.stem(imgs.contiguous(memory_format=torch.channels_last)))
+        assert torch.allclose(channels_last, head(plain, head.stem(imgs)), atol=1e-5)
+        assert model.forward_stage2(imgs).logits[-1].is_contiguous(memory_format=torch.channels_last)
