@@ -190,8 +190,8 @@ class MaskedAutoencoderViT(nn.Module):
         x = torch.einsum("nchpwq->nhwpqc", x)
         return x.reshape(n, (h // p) * (w // p), p * p * c)
 
-    def unpatchify(self, x: torch.Tensor, chans: int | None = None) -> torch.Tensor:
-        """(N, L, p*p*C) -> (N, C, H, W) for a square grid."""
+    def unpatchify(self, x: torch.Tensor, chans: int | None = None, channels_last: bool = False) -> torch.Tensor:
+        """(N, L, p*p*C) -> (N, C, H, W) for a square grid; in channels-last memory if asked."""
         p = self.cfg.patch_size
         c = chans if chans is not None else self.cfg.in_chans
         n, L, _ = x.shape
@@ -199,6 +199,8 @@ class MaskedAutoencoderViT(nn.Module):
         if h * w != L:
             raise ValueError(f"{L} tokens do not form a square grid")
         x = x.reshape(n, h, w, p, p, c)
+        if channels_last:  # one copy into (N, H, W, C), seen as (N, C, H, W)
+            return torch.einsum("nhwpqc->nhpwqc", x).reshape(n, h * p, w * p, c).permute(0, 3, 1, 2)
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(n, c, h * p, w * p)
 
@@ -303,8 +305,7 @@ class MaskedAutoencoderViT(nn.Module):
         token centres.
         """
         if self.cfg.pixel_upsampling == "patch":
-            maps = self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2)
-            return maps.contiguous(memory_format=torch.channels_last)
+            return self.unpatchify(seg, chans=seg.shape[-1] // self.cfg.patch_size ** 2, channels_last=True)
         n, tokens, c = seg.shape
         side = int(tokens ** 0.5)
         grid = seg.transpose(1, 2).reshape(n, c, side, side)
