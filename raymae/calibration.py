@@ -19,7 +19,7 @@ import torch
 from raymae import metrics
 from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map, normal_quantiles
 from raymae.artifact import Calibration
-from raymae.config import AnomalyMapConfig, RaymaeConfig
+from raymae.config import RULE_CHOICES, AnomalyMapConfig, RaymaeConfig
 from raymae.corruption import corrupt_batch, exposure_change
 from raymae.inference import Predictor, RawMaps
 
@@ -101,15 +101,30 @@ def _worst_drift_auroc(raw_drifted: list[RawMaps], fake_scores: torch.Tensor, ru
 
 
 def rule_merit(row: dict[str, float]) -> float:
-    """What ranks a rule on validation: its image AUROC (the worst with and without lighting
-    drift, where judged) plus its pixel AUROC."""
-    return min(row["image_auroc"], row.get("image_auroc_drift", 1.0)) + row["pixel_auroc"]
+    """What ranks a rule on validation under ``rule_choice="image+pixel"``: its image AUROC (the
+    worst with and without lighting drift, where judged) plus its pixel AUROC."""
+    return _image_merit(row) + row["pixel_auroc"]
 
 
-def best_rule(table: dict[str, dict[str, float]], current: AnomalyMapConfig) -> AnomalyMapConfig:
-    """The rule of the highest :func:`rule_merit`; ties keep the configured rule."""
+def _image_merit(row: dict[str, float]) -> float:
+    """A rule's validation image AUROC: the worst with and without lighting drift, where judged."""
+    return min(row["image_auroc"], row.get("image_auroc_drift", 1.0))
+
+
+def best_rule(table: dict[str, dict[str, float]], current: AnomalyMapConfig,
+              choice: str = "image+pixel") -> AnomalyMapConfig:
+    """The rule ``choice`` ranks first in the validation ``table``; ties keep the configured rule.
+
+    ``image+pixel``: the highest :func:`rule_merit`. ``map-by-pixel``: the combination whose map
+    has the best pixel AUROC, then, of its score rules, the one of the best image AUROC.
+    """
     key_now = f"{current.combination}/{current.score_rule}"
-    best = max(table, key=lambda k: (rule_merit(table[k]), k == key_now))
+    if choice == "image+pixel":
+        best = max(table, key=lambda k: (rule_merit(table[k]), k == key_now))
+    elif choice == "map-by-pixel":
+        best = max(table, key=lambda k: (table[k]["pixel_auroc"], _image_merit(table[k]), k == key_now))
+    else:
+        raise ValueError(f"unknown map-rule choice {choice!r}; choose one of {RULE_CHOICES}")
     comb, rule = best.split("/")
     return dataclasses.replace(current, combination=comb, score_rule=rule)
 
@@ -134,7 +149,7 @@ def calibrate(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfig,
     table = {}
     if cfg.calibration.select_map_rule:
         table = validation_table(predictor, normals, cfg, batch_size, raw)
-        cfg = dataclasses.replace(cfg, anomaly_map=best_rule(table, cfg.anomaly_map))
+        cfg = dataclasses.replace(cfg, anomaly_map=best_rule(table, cfg.anomaly_map, cfg.calibration.rule_choice))
         predictor.cfg = cfg
     pred = predictor.predict(normals, batch_size, raw=raw)
     target_fpr = cfg.calibration.target_fpr

@@ -473,3 +473,47 @@ def test_the_training_speed_benchmark_times_each_stage_for_every_setting(synthet
     for run in record["runs"]:
         assert run["stage1_epoch_seconds"] > 0 and run["stage2_epoch_seconds"] > 0
     assert record["planned"]["threads"] >= 1 and record["machine"]["cpu_cores"] >= 1
+
+
+def test_the_rule_choice_procedures_pick_as_their_names_say():
+    procedures = load_script("benchmarks/rule_choice.py").PROCEDURES
+    table = {"a/max": {"image_auroc": 0.950, "pixel_auroc": 0.990},   # best image, and best image + pixel
+             "b/max": {"image_auroc": 0.949, "pixel_auroc": 0.980},
+             "c/max": {"image_auroc": 0.947, "pixel_auroc": 0.993},   # within 0.005 of the best image
+             "d/max": {"image_auroc": 0.930, "pixel_auroc": 0.999}}   # the best pixel, far behind on image
+    assert procedures["image+pixel"](table) == "a/max"
+    assert procedures["image only"](table) == "a/max"
+    assert procedures["image, ties within 0.002 by pixel"](table) == "a/max"
+    assert procedures["image, ties within 0.005 by pixel"](table) == "c/max"
+    assert procedures["map-by-pixel"](table) == "d/max"
+
+
+def test_the_rule_choice_study_judges_each_pick_on_the_other_half_of_the_held_back_images(
+        synthetic_dataset, model_dir, tmp_path):
+    study = load_script("benchmarks/rule_choice.py")
+    out = tmp_path / "rule-choice.json"
+    assert study.main(["--data", synthetic_dataset, "--model", model_dir, "--splits", "3", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    (model,) = record["models"].values()
+    assert model["splits"] == 3 and set(model["procedures"]) == set(study.PROCEDURES)
+    for row in model["procedures"].values():
+        # no procedure can beat the best rule of the half it is judged on
+        assert 0.0 <= row["b_image_auroc"] <= model["best_rule_on_b_image_auroc"] + 1e-12
+        assert 0.0 <= row["b_pixel_auroc"] <= 1.0 and 1 <= row["distinct_rules_picked"] <= 3
+    assert set(record["summary"]) == set(study.PROCEDURES)
+
+
+def test_the_rule_choice_test_report_shows_what_each_choice_picks_from_a_quality_file(tmp_path):
+    study = load_script("benchmarks/rule_choice.py")
+    validation = {"prob/max": {"image_auroc": 0.99, "pixel_auroc": 0.97},     # image+pixel's pick
+                  "mean/max": {"image_auroc": 0.95, "pixel_auroc": 0.99}}     # map-by-pixel's pick
+    test = {"prob/max": {"image_auroc": 0.80, "pixel_auroc": 0.70},
+            "mean/max": {"image_auroc": 0.90, "pixel_auroc": 0.75}}
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps({"command": "python benchmarks/quality.py --data ../x/tiles --recipe cpu",
+                                "validation_table": validation, "test_ablation_map_rules": test}))
+    (tmp_path / "other.json").write_text(json.dumps({"command": "python benchmarks/quality.py --data ../x/tiles"}))
+    report = study.test_report([str(path), str(tmp_path / "other.json")])["tiles"]
+    assert report["image+pixel"]["files"] == 1 and report["image+pixel"]["mean_test_image_auroc"] == 0.80
+    assert report["map-by-pixel"]["mean_test_pixel_auroc"] == 0.75
+    assert report["map-by-pixel"]["image_better_than_image+pixel"] == 1

@@ -202,6 +202,24 @@ def test_a_rule_that_reads_lighting_drift_as_an_anomaly_loses_to_one_that_does_n
     assert (chosen.combination, chosen.score_rule) == ("mean", "max")
 
 
+def test_map_by_pixel_takes_the_best_localising_map_then_its_best_separating_score_rule():
+    from raymae.calibration import best_rule
+    from raymae.config import AnomalyMapConfig, ConfigError, RaymaeConfig
+
+    table = {"product/topk": {"image_auroc": 0.951, "pixel_auroc": 0.992},   # best image + pixel
+             "mean/max": {"image_auroc": 0.949, "pixel_auroc": 0.994},
+             "mean/topk": {"image_auroc": 0.947, "pixel_auroc": 0.994},
+             "prob/max": {"image_auroc": 0.990, "pixel_auroc": 0.970}}      # best image, poor map
+    by_sum = best_rule(table, AnomalyMapConfig(), "image+pixel")
+    assert (by_sum.combination, by_sum.score_rule) == ("prob", "max")
+    by_map = best_rule(table, AnomalyMapConfig(), "map-by-pixel")
+    assert (by_map.combination, by_map.score_rule) == ("mean", "max")
+    with pytest.raises(ValueError, match="map-rule choice"):
+        best_rule(table, AnomalyMapConfig(), "pixel")
+    with pytest.raises(ConfigError, match="rule_choice"):
+        RaymaeConfig.from_dict({"calibration": {"rule_choice": "pixel"}})
+
+
 def test_the_artifact_round_trips_and_scores_identically(trained_artifact, synthetic_dataset, tmp_path):
     trained_artifact.save(str(tmp_path / "model"))
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]

@@ -93,6 +93,19 @@ def test_a_cpu_trains_in_bf16_with_explicit_attention_and_hands_back_the_fused_k
     assert _attention_kernels(model) == {True}  # inference (float32) keeps the fused kernel
 
 
+def test_a_stage_stopped_by_an_error_still_hands_back_the_fused_kernel():
+    bf16 = dataclasses.replace(tiny_recipe(stage1_epochs=2, stage2_epochs=1), precision="bf16")
+    seen = []
+
+    def stop(result, model, _):
+        seen.append(model)
+        raise KeyboardInterrupt  # e.g. a user stopping the run after the first epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        train_two_stages(bf16, _images(), torch.device("cpu"), on_epoch_end=stop)
+    assert len(seen) == 1 and _attention_kernels(seen[0]) == {True}
+
+
 def test_each_epoch_logs_its_place_in_the_stage_and_the_time_left_at_its_pace(caplog):
     caplog.set_level(logging.INFO, logger="raymae")
     log_epoch(EpochResult(stage=2, epoch=62, loss=0.25, seconds=40.0, parts={"ce": 0.15}, epochs=100))

@@ -351,11 +351,13 @@ def _run_stage(cfg, stage, model, dataset, device, state, wrap_model, wrap_loade
     wrapped = wrap_model(model)
     loader = wrap_loader(_loader(dataset, stage_cfg.batch_size, cfg.seed + stage, loader_workers))
     global_batch = stage_cfg.batch_size * world_size
-    for epoch in range(state.epoch, stage_cfg.epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        result = run_epoch(wrapped, loader, optimizer, cfg, stage, epoch, global_batch, device)
-        hook(result, model, optimizer)
-    model.set_fused_attention(True)  # inference runs in float32, where the fused kernel is the faster
+    try:
+        for epoch in range(state.epoch, stage_cfg.epochs):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            result = run_epoch(wrapped, loader, optimizer, cfg, stage, epoch, global_batch, device)
+            hook(result, model, optimizer)
+    finally:  # also when a stage stops early: inference runs in float32, where the fused kernel is the faster
+        model.set_fused_attention(True)
