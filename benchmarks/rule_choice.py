@@ -142,7 +142,7 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
     }
 
 
-def test_report(paths: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+def report_on_test_sets(paths: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """Per dataset and package choice: the mean test image and pixel AUROC of the rules it picks
     from the full validation tables of the quality results files ``paths`` (those with a
     test-set ablation of every rule), and in how many files it picks a better or worse rule for
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="results file (JSON); printed when absent")
     args = p.parse_args(argv)
     if args.report_test:
-        print(json.dumps(test_report(args.report_test), indent=2))
+        print(json.dumps(report_on_test_sets(args.report_test), indent=2))
         return 0
     if not args.data or not args.model:
         p.error("give --data and at least one --model (or --report-test RESULTS...)")

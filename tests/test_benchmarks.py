@@ -513,7 +513,7 @@ def test_the_rule_choice_test_report_shows_what_each_choice_picks_from_a_quality
     path.write_text(json.dumps({"command": "python benchmarks/quality.py --data ../x/tiles --recipe cpu",
                                 "validation_table": validation, "test_ablation_map_rules": test}))
     (tmp_path / "other.json").write_text(json.dumps({"command": "python benchmarks/quality.py --data ../x/tiles"}))
-    report = study.test_report([str(path), str(tmp_path / "other.json")])["tiles"]
+    report = study.report_on_test_sets([str(path), str(tmp_path / "other.json")])["tiles"]
     assert report["image+pixel"]["files"] == 1 and report["image+pixel"]["mean_test_image_auroc"] == 0.80
     assert report["map-by-pixel"]["mean_test_pixel_auroc"] == 0.75
     assert report["map-by-pixel"]["image_better_than_image+pixel"] == 1
