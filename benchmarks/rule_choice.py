@@ -34,11 +34,14 @@ import numpy as np
 import torch
 
 from raymae import metrics
-from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, combine, gaussian_smooth, image_score, normal_quantiles
+from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, maps_and_scores, normal_quantiles
 from raymae.artifact import ModelArtifact
 from raymae.calibration import best_rule, validation_copies, validation_fakes, validation_masks
 from raymae.config import AnomalyMapConfig
 from raymae.training.local import load_training_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+from validation_agreement import dataset_of  # noqa: E402
 
 Table = dict[str, dict[str, float]]
 
@@ -71,13 +74,11 @@ PROCEDURES: dict[str, Callable[[Table], str]] = {
 
 
 def combination_outputs(recon: torch.Tensor, prob: torch.Tensor, map_cfg, combinations) -> dict[str, tuple]:
-    """Per combination named: its smoothed (N, S, S) maps and every score rule's (N,) image scores,
-    as :func:`make_anomaly_map` makes them."""
+    """Per combination named: its smoothed (N, S, S) maps and every score rule's (N,) image scores."""
     out = {}
     for comb in combinations:
-        maps = gaussian_smooth(combine(recon, prob, comb, map_cfg), map_cfg.sigma)
-        out[comb] = maps, {rule: image_score(maps, rule, map_cfg.topk_fraction, map_cfg.pool_fraction).numpy()
-                           for rule in SCORE_RULES}
+        maps, scores = maps_and_scores(recon, prob, dataclasses.replace(map_cfg, combination=comb))
+        out[comb] = maps, {rule: s.numpy() for rule, s in scores.items()}
     return out
 
 
@@ -153,7 +154,7 @@ def report_on_test_sets(paths: list[str]) -> dict[str, dict[str, dict[str, float
         table, test = record.get("validation_table"), record.get("test_ablation_map_rules")
         if not table or not test:
             continue
-        dataset = Path(record["command"].split("--data ")[1].split()[0]).name
+        dataset = dataset_of(record)
         for choice in ("image+pixel", "map-by-pixel"):
             rule = package_choice(choice)(table)
             picks.setdefault(dataset, {}).setdefault(choice, []).append(

@@ -117,5 +117,13 @@ def image_score(maps: torch.Tensor, rule: str, topk_fraction: float = 0.01,
 def make_anomaly_map(recon_error: torch.Tensor, prob: torch.Tensor,
                      cfg: AnomalyMapConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """R, P -> (smoothed anomaly maps (N, H, W), image scores (N,))."""
+    maps, scores = maps_and_scores(recon_error, prob, cfg, (cfg.score_rule,))
+    return maps, scores[cfg.score_rule]
+
+
+def maps_and_scores(recon_error: torch.Tensor, prob: torch.Tensor, cfg: AnomalyMapConfig,
+                    score_rules=SCORE_RULES) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """R, P -> (smoothed maps (N, H, W) of ``cfg.combination``, {rule: image scores (N,)} for each
+    of ``score_rules``): the map is made and smoothed once for all of them."""
     maps = gaussian_smooth(combine(recon_error, prob, cfg.combination, cfg), cfg.sigma)
-    return maps, image_score(maps, cfg.score_rule, cfg.topk_fraction, cfg.pool_fraction)
+    return maps, {rule: image_score(maps, rule, cfg.topk_fraction, cfg.pool_fraction) for rule in score_rules}

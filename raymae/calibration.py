@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from raymae import metrics
-from raymae.anomaly_map import COMBINATIONS, SCORE_RULES, make_anomaly_map, normal_quantiles
+from raymae.anomaly_map import COMBINATIONS, make_anomaly_map, maps_and_scores, normal_quantiles
 from raymae.artifact import Calibration
 from raymae.config import RULE_CHOICES, AnomalyMapConfig, RaymaeConfig
 from raymae.corruption import corrupt_batch, exposure_change
@@ -76,15 +76,14 @@ def validation_table(predictor: Predictor, normals: np.ndarray, cfg: RaymaeConfi
     table = {}
     referenced = cfg.anomaly_map.normal_recon is not None
     for comb in [c for c in COMBINATIONS if referenced or not c.startswith("normal_")]:
-        pixel_auroc = None  # the map, and so the pixel AUROC, does not depend on the score rule
-        for rule in SCORE_RULES:
-            rule_cfg = dataclasses.replace(cfg.anomaly_map, combination=comb, score_rule=rule)
-            maps, scores = make_anomaly_map(recon, prob, rule_cfg)
-            if pixel_auroc is None:
-                pixel_auroc = metrics.pixel_auroc(masks, maps.numpy())
+        comb_cfg = dataclasses.replace(cfg.anomaly_map, combination=comb)
+        maps, by_rule = maps_and_scores(recon, prob, comb_cfg)  # the map does not depend on the score rule
+        pixel_auroc = metrics.pixel_auroc(masks, maps.numpy())
+        for rule, scores in by_rule.items():
             row = {"image_auroc": metrics.image_auroc(labels, scores.numpy()), "pixel_auroc": pixel_auroc}
             if raw_drifted:
-                row["image_auroc_drift"] = _worst_drift_auroc(raw_drifted, scores[len(normals):], rule_cfg)
+                row["image_auroc_drift"] = _worst_drift_auroc(raw_drifted, scores[len(normals):],
+                                                              dataclasses.replace(comb_cfg, score_rule=rule))
             table[f"{comb}/{rule}"] = row
     return table
 

@@ -298,8 +298,6 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if self.validation_defects < 1:
             raise ConfigError(f"calibration.validation_defects must be at least 1, not {self.validation_defects}")
-        if self.rule_choice not in RULE_CHOICES:
-            raise ConfigError(f"calibration.rule_choice must be one of {RULE_CHOICES}, not {self.rule_choice!r}")
         if not 0.0 <= self.validation_drift < 1.0:
             raise ConfigError("calibration.validation_drift must be a relative brightness change in [0, 1), "
                               f"not {self.validation_drift}")
