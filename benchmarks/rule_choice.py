@@ -112,7 +112,7 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
     n = len(normals)
     masks = validation_masks(n, fake_masks)
     labels = np.r_[np.zeros(n), np.ones(len(fakes))]
-    source = np.r_[np.arange(n), np.tile(np.arange(n), validation_copies(n, cfg))[:len(fakes)]]
+    source = np.r_[np.arange(n), np.tile(np.arange(n), validation_copies(n, cfg))]
     referenced = [c for c in COMBINATIONS if c.startswith("normal_")]
     fixed = combination_outputs(recon, prob, cfg.anomaly_map, [c for c in COMBINATIONS if c not in referenced])
     rng = np.random.default_rng(seed)
