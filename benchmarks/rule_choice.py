@@ -11,7 +11,9 @@ test set: the held-back normals are split at random in two halves, each with the
 made from its own normals; a procedure picks on half A (the normal-map quantiles measured on A's
 normals, for both halves) and the pick is judged on half B. Repeated over ``--splits`` splits per model, the
 procedure with the higher mean image AUROC on B picks better on unseen images of the same kind.
-The test set is not read.
+The test set is not read. ``image+pixel, bagged`` asks whether a steadier pick pays: it keeps the
+rule ``image+pixel`` picks most often over ``--resamples`` bootstrap resamples of A's held-back
+normals (each with its own synthetic defects).
 
     python benchmarks/rule_choice.py --report-test benchmarks/results/quality-*.json
 
@@ -73,6 +75,43 @@ PROCEDURES: dict[str, Callable[[Table], str]] = {
 }
 
 
+def bagged(choice: str) -> Callable[[list[Table]], str]:
+    """The rule ``calibration.rule_choice = choice`` picks most often over bootstrap resamples of
+    the validation images (the first table is the images as drawn and breaks ties): a pick that
+    rests less on which few images happened to be held back."""
+    pick = package_choice(choice)
+    def vote(tables: list[Table]) -> str:
+        picks = [pick(t) for t in tables]
+        return max(dict.fromkeys(picks), key=picks.count)
+    return vote
+
+
+BAGGED: dict[str, Callable[[list[Table]], str]] = {"image+pixel, bagged": bagged("image+pixel")}
+
+
+def resampled_tables(table: Table, outputs: dict[str, tuple], idx: np.ndarray, labels: np.ndarray,
+                     source: np.ndarray, resamples: int, rng: np.random.Generator) -> list[Table]:
+    """``table`` (the images ``idx``), then ``resamples`` copies of it whose image AUROC is measured
+    on a bootstrap resample of the held-back normals ``idx`` comes from (each drawn normal brings its
+    synthetic defects; ``source`` (N,) names every image's normal). Pixel AUROC, steady over millions
+    of pixels, is kept."""
+    normals = np.unique(source[idx])
+    members = {n: idx[source[idx] == n] for n in normals}
+    tables = [table]
+    for _ in range(resamples):
+        drawn = np.concatenate([members[n] for n in rng.choice(normals, len(normals))])
+        tables.append({key: {**row, "image_auroc": metrics.image_auroc(labels[drawn],
+                                                                       image_scores(outputs, key)[drawn])}
+                       for key, row in table.items()})
+    return tables
+
+
+def image_scores(outputs: dict[str, tuple], rule: str) -> np.ndarray:
+    """The (N,) image scores of ``rule`` (``combination/score_rule``) in :func:`combination_outputs`."""
+    comb, score_rule = rule.split("/")
+    return outputs[comb][1][score_rule]
+
+
 def combination_outputs(recon: torch.Tensor, prob: torch.Tensor, map_cfg, combinations) -> dict[str, tuple]:
     """Per combination named: its smoothed (N, S, S) maps and every score rule's (N,) image scores."""
     out = {}
@@ -97,7 +136,8 @@ def half_table(outputs: dict[str, tuple], idx: np.ndarray, labels: np.ndarray, m
     return table
 
 
-def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: int, seed: int = 0) -> dict:
+def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: int, seed: int = 0,
+           resamples: int = 30) -> dict:
     """Every procedure's pick on half A, judged on half B, over ``splits`` random halvings.
 
     Both halves' ``normal_*`` maps use the quantiles of A's normals: A plays the held-back
@@ -115,8 +155,8 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
     source = np.r_[np.arange(n), np.tile(np.arange(n), validation_copies(n, cfg))]
     referenced = [c for c in COMBINATIONS if c.startswith("normal_")]
     fixed = combination_outputs(recon, prob, cfg.anomaly_map, [c for c in COMBINATIONS if c not in referenced])
-    rng = np.random.default_rng(seed)
-    rows = {name: [] for name in PROCEDURES}
+    rng, resample_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+    rows = {name: [] for name in [*PROCEDURES, *BAGGED]}
     best_on_b = []
     for _ in range(splits):
         in_a = np.zeros(n, bool)
@@ -132,6 +172,11 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
         for name, pick in PROCEDURES.items():
             rule = pick(a)
             rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
+        if BAGGED:
+            tables = resampled_tables(a, outputs, a_idx, labels, source, resamples, resample_rng)
+            for name, vote in BAGGED.items():
+                rule = vote(tables)
+                rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
     return {
         "model_id": artifact.model_id,
         "holdout_normals": n, "synthetic_defects": len(fakes), "splits": splits,
@@ -175,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="the MVTec-AD style folder the models were trained on")
     p.add_argument("--model", action="append", help="a saved model (repeatable)")
     p.add_argument("--splits", type=int, default=40, help="random halvings per model")
+    p.add_argument("--resamples", type=int, default=30,
+                   help="bootstrap resamples of half A for the bagged procedures")
     p.add_argument("--pixel-stride", type=int, default=2,
                    help="pixel AUROC on every n-th pixel each way (speed; 1 = all pixels)")
     p.add_argument("--report-test", nargs="+", metavar="RESULTS",
@@ -186,16 +233,17 @@ def main(argv=None) -> int:
         return 0
     if not args.data or not args.model:
         p.error("give --data and at least one --model (or --report-test RESULTS...)")
-    if args.splits < 1 or args.pixel_stride < 1:
-        p.error("--splits and --pixel-stride must be at least 1")
+    if args.splits < 1 or args.pixel_stride < 1 or args.resamples < 1:
+        p.error("--splits, --pixel-stride and --resamples must be at least 1")
     start = time.perf_counter()
     models = {}
     for path in args.model:
-        models[Path(path).name] = replay(ModelArtifact.load(path), args.data, args.splits, args.pixel_stride)
+        models[Path(path).name] = replay(ModelArtifact.load(path), args.data, args.splits, args.pixel_stride,
+                                         resamples=args.resamples)
         print(Path(path).name, json.dumps(models[Path(path).name]["procedures"], indent=1), flush=True)
     summary = {name: {"mean_b_image_auroc": float(np.mean([m["procedures"][name]["b_image_auroc"] for m in models.values()])),
                       "mean_b_pixel_auroc": float(np.mean([m["procedures"][name]["b_pixel_auroc"] for m in models.values()]))}
-               for name in PROCEDURES}
+               for name in [*PROCEDURES, *BAGGED]}
     record = {"command": "python benchmarks/rule_choice.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "models": models, "summary": summary, "seconds": time.perf_counter() - start}
     text = json.dumps(record, indent=2)

@@ -488,6 +488,28 @@ def test_the_rule_choice_procedures_pick_as_their_names_say():
     assert procedures["map-by-pixel"](table) == "d/max"
 
 
+def test_the_bagged_rule_choice_keeps_the_rule_most_resamples_pick_and_breaks_ties_by_the_images_as_drawn():
+    vote = load_script("benchmarks/rule_choice.py").BAGGED["image+pixel, bagged"]
+    drawn = {"a/max": {"image_auroc": 0.95, "pixel_auroc": 0.99}, "b/max": {"image_auroc": 0.94, "pixel_auroc": 0.99}}
+    b_wins = {"a/max": {"image_auroc": 0.93, "pixel_auroc": 0.99}, "b/max": {"image_auroc": 0.94, "pixel_auroc": 0.99}}
+    assert vote([drawn, b_wins, b_wins]) == "b/max"
+    assert vote([drawn, b_wins]) == "a/max"   # one pick each: the images as drawn decide
+
+
+def test_resampled_validation_tables_redraw_whole_normals_and_keep_pixel_auroc():
+    study = load_script("benchmarks/rule_choice.py")
+    # two held-back normals (0, 1), each with one synthetic defect; only normal 1's defect scores high
+    labels, source = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    scores = np.array([0.5, 0.1, 0.2, 0.9])
+    outputs = {"mean": (None, {"max": scores})}
+    table = {"mean/max": {"image_auroc": 0.75, "pixel_auroc": 0.9}}
+    tables = study.resampled_tables(table, outputs, np.arange(4), labels, source, 40, np.random.default_rng(0))
+    assert tables[0] is table and len(tables) == 41
+    assert all(t["mean/max"]["pixel_auroc"] == 0.9 for t in tables)
+    # a resample holds normal 0 and its defect twice (AUROC 0), normal 1 twice (1), or one of each (0.75)
+    assert {t["mean/max"]["image_auroc"] for t in tables[1:]} == {0.0, 0.75, 1.0}
+
+
 def test_the_rule_choice_study_judges_each_pick_on_the_other_half_of_the_held_back_images(
         synthetic_dataset, model_dir, tmp_path):
     study = load_script("benchmarks/rule_choice.py")
@@ -495,12 +517,13 @@ def test_the_rule_choice_study_judges_each_pick_on_the_other_half_of_the_held_ba
     assert study.main(["--data", synthetic_dataset, "--model", model_dir, "--splits", "3", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     (model,) = record["models"].values()
-    assert model["splits"] == 3 and set(model["procedures"]) == set(study.PROCEDURES)
+    procedures = set(study.PROCEDURES) | set(study.BAGGED)
+    assert model["splits"] == 3 and set(model["procedures"]) == procedures
     for row in model["procedures"].values():
         # no procedure can beat the best rule of the half it is judged on
         assert 0.0 <= row["b_image_auroc"] <= model["best_rule_on_b_image_auroc"] + 1e-12
         assert 0.0 <= row["b_pixel_auroc"] <= 1.0 and 1 <= row["distinct_rules_picked"] <= 3
-    assert set(record["summary"]) == set(study.PROCEDURES)
+    assert set(record["summary"]) == procedures
 
 
 def test_the_rule_choice_test_report_shows_what_each_choice_picks_from_a_quality_file(tmp_path):
