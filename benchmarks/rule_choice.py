@@ -172,11 +172,10 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
         for name, pick in PROCEDURES.items():
             rule = pick(a)
             rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
-        if BAGGED:
-            tables = resampled_tables(a, outputs, a_idx, labels, source, resamples, resample_rng)
-            for name, vote in BAGGED.items():
-                rule = vote(tables)
-                rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
+        tables = resampled_tables(a, outputs, a_idx, labels, source, resamples, resample_rng)
+        for name, vote in BAGGED.items():
+            rule = vote(tables)
+            rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
     return {
         "model_id": artifact.model_id,
         "holdout_normals": n, "synthetic_defects": len(fakes), "splits": splits,
