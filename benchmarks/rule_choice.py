@@ -87,6 +87,7 @@ def bagged(choice: str) -> Callable[[list[Table]], str]:
 
 
 BAGGED: dict[str, Callable[[list[Table]], str]] = {"image+pixel, bagged": bagged("image+pixel")}
+ALL_PROCEDURES = [*PROCEDURES, *BAGGED]
 
 
 def resampled_tables(table: Table, outputs: dict[str, tuple], idx: np.ndarray, labels: np.ndarray,
@@ -156,7 +157,7 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
     referenced = [c for c in COMBINATIONS if c.startswith("normal_")]
     fixed = combination_outputs(recon, prob, cfg.anomaly_map, [c for c in COMBINATIONS if c not in referenced])
     rng, resample_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
-    rows = {name: [] for name in [*PROCEDURES, *BAGGED]}
+    rows = {name: [] for name in ALL_PROCEDURES}
     best_on_b = []
     for _ in range(splits):
         in_a = np.zeros(n, bool)
@@ -169,12 +170,10 @@ def replay(artifact: ModelArtifact, data_uri: str, splits: int, pixel_stride: in
         a = half_table(outputs, a_idx, labels, masks, pixel_stride)
         b = half_table(outputs, b_idx, labels, masks, pixel_stride)
         best_on_b.append(max(row["image_auroc"] for row in b.values()))
-        for name, pick in PROCEDURES.items():
-            rule = pick(a)
-            rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
         tables = resampled_tables(a, outputs, a_idx, labels, source, resamples, resample_rng)
-        for name, vote in BAGGED.items():
-            rule = vote(tables)
+        picks = {**{name: pick(a) for name, pick in PROCEDURES.items()},
+                 **{name: vote(tables) for name, vote in BAGGED.items()}}
+        for name, rule in picks.items():
             rows[name].append((rule, b[rule]["image_auroc"], b[rule]["pixel_auroc"]))
     return {
         "model_id": artifact.model_id,
@@ -242,7 +241,7 @@ def main(argv=None) -> int:
         print(Path(path).name, json.dumps(models[Path(path).name]["procedures"], indent=1), flush=True)
     summary = {name: {"mean_b_image_auroc": float(np.mean([m["procedures"][name]["b_image_auroc"] for m in models.values()])),
                       "mean_b_pixel_auroc": float(np.mean([m["procedures"][name]["b_pixel_auroc"] for m in models.values()]))}
-               for name in [*PROCEDURES, *BAGGED]}
+               for name in ALL_PROCEDURES}
     record = {"command": "python benchmarks/rule_choice.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "models": models, "summary": summary, "seconds": time.perf_counter() - start}
     text = json.dumps(record, indent=2)
